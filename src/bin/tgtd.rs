@@ -1,1 +1,224 @@
-fn main() {}
+//! tgtd: the rtgt target daemon, with Linux tgt's command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use tracing::{error, info};
+
+use rtgt_iscsi::TargetConfig;
+use rtgt_mgmt::{Mode, Op, Request, TgtadmError, NO_LUN};
+use rtgt_target::portal::parse_portal;
+use rtgt_target::shutdown::Shutdown;
+use rtgt_target::{Config, Daemon};
+
+const QUICKSTART_IQN: &str = "iqn.2026-11.org.rtgt:quickstart";
+const QUICKSTART_SIZE: u64 = 1 << 30;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tgtd",
+    version,
+    about = "rtgt target daemon: serves SCSI logical units over iSCSI (Linux tgt compatible)"
+)]
+struct Args {
+    /// Stay in the foreground (do not daemonize).
+    #[arg(short = 'f', long)]
+    foreground: bool,
+    /// Management control port: the socket is /var/run/tgtd/socket.N
+    /// (or $TGT_IPC_SOCKET.N).
+    #[arg(short = 'C', long = "control-port", default_value_t = 0)]
+    control_port: u16,
+    /// Worker threads per rdwr logical unit.
+    #[arg(short = 't', long = "nr_iothreads", default_value_t = 16)]
+    nr_iothreads: usize,
+    /// Write the daemon's pid to this file.
+    #[arg(short = 'p', long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    /// Debug level (0 off, 1 on).
+    #[arg(short = 'd', long = "debug", default_value_t = 0)]
+    debug: u32,
+    /// iSCSI driver options, comma separated: portal=ADDR:PORT (repeatable),
+    /// nop_interval=SECONDS, nop_count=N.
+    #[arg(long = "iscsi", value_name = "OPTIONS")]
+    iscsi: Vec<String>,
+    /// Reactor threads (default: online CPUs).
+    #[arg(long)]
+    reactors: Option<usize>,
+    /// Serve a ready-made target: iqn.2026-11.org.rtgt:quickstart, LUN 1 on a
+    /// 1 GiB sparse file (created if missing), on 127.0.0.1:3260 unless
+    /// --iscsi portal=... says otherwise. Implies --foreground.
+    #[arg(long)]
+    quickstart: bool,
+    /// Backing file for --quickstart.
+    #[arg(long, default_value = "/var/tmp/rtgt-quickstart.img")]
+    quickstart_file: PathBuf,
+}
+
+fn iscsi_options(args: &Args) -> Result<(Vec<SocketAddr>, TargetConfig)> {
+    let mut portals = Vec::new();
+    let mut cfg = TargetConfig::default();
+    for opts in &args.iscsi {
+        for opt in opts.split(',').filter(|o| !o.is_empty()) {
+            let (k, v) = opt
+                .split_once('=')
+                .with_context(|| format!("--iscsi: expected key=value, got {opt:?}"))?;
+            match k {
+                "portal" => portals.push(parse_portal(v)?),
+                "nop_interval" => {
+                    let s: u64 = v.parse().context("--iscsi nop_interval")?;
+                    cfg.nop_interval = (s > 0).then(|| Duration::from_secs(s));
+                }
+                "nop_count" => cfg.nop_count = v.parse().context("--iscsi nop_count")?,
+                _ => bail!("--iscsi: unknown option {k:?}"),
+            }
+        }
+    }
+    if portals.is_empty() {
+        portals = if args.quickstart {
+            vec!["127.0.0.1:3260".parse()?]
+        } else {
+            vec!["0.0.0.0:3260".parse()?, "[::]:3260".parse()?]
+        };
+    }
+    Ok((portals, cfg))
+}
+
+fn request(mode: Mode, op: Op, tid: i32, lun: u64, body: String) -> Request {
+    Request {
+        mode,
+        op,
+        lld: "iscsi".to_string(),
+        tid,
+        sid: 0,
+        lun,
+        cid: 0,
+        host_no: 0,
+        device_type: 0,
+        ac_dir: 0,
+        pack: 0,
+        force: 0,
+        body,
+    }
+}
+
+fn quickstart(running: &rtgt_target::Running, file: &PathBuf) -> Result<()> {
+    if !file.exists() {
+        let f = std::fs::File::create(file)
+            .with_context(|| format!("can't create {}", file.display()))?;
+        f.set_len(QUICKSTART_SIZE)?;
+    }
+    let steps = [
+        request(
+            Mode::Target,
+            Op::New,
+            1,
+            NO_LUN,
+            format!("targetname={QUICKSTART_IQN}"),
+        ),
+        request(
+            Mode::Device,
+            Op::New,
+            1,
+            1,
+            format!("path={}", file.display()),
+        ),
+        request(
+            Mode::Target,
+            Op::Bind,
+            1,
+            NO_LUN,
+            "initiator-address=ALL".to_string(),
+        ),
+    ];
+    for req in &steps {
+        let rsp = running.request(req);
+        if rsp.err != TgtadmError::Success {
+            bail!(
+                "quickstart: {:?} {:?}: {}",
+                req.mode,
+                req.op,
+                rsp.err.message()
+            );
+        }
+    }
+    info!(
+        "quickstart: {QUICKSTART_IQN} LUN 1 on {} ({} MiB)",
+        file.display(),
+        QUICKSTART_SIZE >> 20
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let level = if args.debug > 0 { "debug" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let (portals, iscsi) = iscsi_options(&args)?;
+    let reactors = args.reactors.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let config = Config {
+        socket_path: rtgt_mgmt::socket_path(args.control_port),
+        portals,
+        reactors,
+        io_threads: args.nr_iothreads.max(1),
+        iscsi,
+    };
+    let daemon = Daemon::bind(config).context("tgtd can't start")?;
+
+    if !(args.foreground || args.quickstart) {
+        // Like tgt: detach after everything that can fail on a bad
+        // configuration has been checked, before any thread starts.
+        nix::unistd::daemon(false, false).context("can't daemonize")?;
+    }
+    if let Some(p) = &args.pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .with_context(|| format!("can't write pid file {}", p.display()))?;
+    }
+
+    let shutdown = Arc::new(Shutdown::default());
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    {
+        let shutdown = shutdown.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    info!("signal {sig}: shutting down");
+                    shutdown.trigger();
+                }
+            })?;
+    }
+
+    let running = daemon.start(shutdown.clone())?;
+    if args.quickstart {
+        if let Err(e) = quickstart(&running, &args.quickstart_file) {
+            error!("{e:#}");
+            shutdown.trigger();
+            running.wait();
+            return Err(e);
+        }
+    }
+    running.wait();
+    if let Some(p) = &args.pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}

@@ -1,0 +1,1564 @@
+//! The connection state machine (RFC 7143): framing with limits and digests,
+//! the login phase, and full feature phase (CmdSN window, write data gathering
+//! with R2Ts, Data-In splitting, NOP keep-alive, Text, Logout, Task Management).
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice, Write};
+use std::time::{Duration, Instant};
+
+pub use crate::login::{LoginAccept, LoginInfo};
+use crate::login::{LoginState, LoginStatus, LoginStep, LOGIN_DATA_SEGMENT_LIMIT};
+use crate::params::{SessionParams, SessionType, TargetConfig, NOT_UNDERSTOOD, REJECT};
+use crate::pdu::{
+    self, crc32c_of, digest_bytes, digest_from, pad4, Bhs, DataIn, DataOutPdu, InitiatorPdu,
+    LoginRequestPdu, LoginResponse, NopOutPdu, Opcode, RejectReason, ScsiCommandPdu, SnFields,
+    TextRequestPdu, BHS_LEN, DIGEST_LEN, MAX_AHS_LEN, RESERVED_TAG,
+};
+use crate::text::{self, TextCollector};
+use crate::DataBuf;
+
+/// Which targets a SendTargets request asks for (RFC 7143 §13.3, Appendix C).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendTargetsScope {
+    /// `SendTargets=All`.
+    All,
+    /// `SendTargets=<iSCSI name>`.
+    Target(String),
+    /// `SendTargets=` (empty) in a normal session: the session's own target.
+    Session,
+}
+
+/// A SCSI command ready to run (RFC 7143 §11.3), with all its write data.
+#[derive(Debug)]
+pub struct ScsiCommand<B> {
+    pub itt: u32,
+    /// The 8 LUN bytes as a big-endian u64 (the target decodes addressing, SAM-5 §4.7).
+    pub lun: u64,
+    /// CDB (zero padded); with an Extended CDB AHS the first 16 bytes, see `cdb_len`.
+    pub cdb: [u8; 16],
+    /// 16, or 16 + extended AHS bytes (up to 32 supported; longer -> Reject).
+    pub cdb_len: usize,
+    /// Bytes 16..32 when `cdb_len > 16`.
+    pub ext_cdb: [u8; 16],
+    /// Expected Data Transfer Length (§11.3.4).
+    pub expected_len: u32,
+    pub read: bool,
+    pub write: bool,
+    /// Task attribute (ATTR field, §11.3.1.3).
+    pub attr: u8,
+    pub cmd_sn: u32,
+    /// Write commands: all Data-Out gathered (immediate, unsolicited and solicited
+    /// via R2T), a buffer of `expected_len` bytes. None when there is no write
+    /// data, or when it could not be buffered (expected_len > max_data_transfer or
+    /// the alloc callback returned None): the target must then fail the command
+    /// (e.g. CHECK CONDITION), and the connection discards that task's Data-Out.
+    pub data: Option<B>,
+}
+
+/// Residual count of a completed command (RFC 7143 §11.4.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Residual {
+    None,
+    Underflow(u32),
+    Overflow(u32),
+}
+
+/// The target's completion of a SCSI command.
+#[derive(Debug)]
+pub struct CommandResponse<B> {
+    pub status: u8,
+    /// Sense data (fixed format bytes) for CHECK CONDITION; empty otherwise. Sent in
+    /// the SCSI Response data segment with its 2-byte SenseLength prefix (§11.4.7).
+    pub sense: Vec<u8>,
+    /// Read data: the first `data_len` bytes are sent as Data-In (split by the
+    /// initiator's MaxRecvDataSegmentLength, F bit per MaxBurstLength sequence,
+    /// status in the last Data-In (S bit) when there is no sense — phase
+    /// collapse; otherwise a SCSI Response follows). For writes, pass the write
+    /// buffer back here so it is returned through `poll_free_buffer`.
+    pub data: Option<B>,
+    pub data_len: usize,
+    pub residual: Residual,
+}
+
+/// A Task Management Function Request (RFC 7143 §11.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskManagement {
+    pub itt: u32,
+    /// Function code (§11.5.1), see [`pdu::TmfFunction`].
+    pub function: u8,
+    pub lun: u64,
+    pub referenced_itt: u32,
+    pub ref_cmd_sn: u32,
+}
+
+/// What the connection tells the target.
+#[derive(Debug)]
+pub enum Event<B> {
+    /// Needs the target's decision: reply with `accept_login` or `reject_login`.
+    /// Emitted once per login, when the initiator's names are known.
+    Login(LoginInfo),
+    /// Full feature phase reached; the session's operational values.
+    FullFeature(SessionParams),
+    /// A SendTargets text request: reply with `send_targets_response`.
+    SendTargets(SendTargetsScope),
+    /// A SCSI command ready to run, with all its write data.
+    Command(ScsiCommand<B>),
+    /// Reply with `task_management_response`.
+    TaskManagement(TaskManagement),
+    /// The initiator logged out (the Logout Response is already queued).
+    Logout { reason: u8 },
+}
+
+/// Errors that close the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("first PDU is {0}, not a Login Request (RFC 7143 §6.1)")]
+    LoginExpected(Opcode),
+    #[error("{0} is not valid during login (RFC 7143 §6.2)")]
+    InvalidDuringLogin(Opcode),
+    #[error("login failed with status {0}")]
+    LoginFailed(LoginStatus),
+    #[error("login not completed within {0:?}")]
+    LoginTimeout(Duration),
+    #[error("data segment of {len} bytes exceeds the limit of {limit} (MaxRecvDataSegmentLength, RFC 7143 §13.12)")]
+    DataSegmentTooLong { len: usize, limit: usize },
+    #[error("header digest mismatch (RFC 7143 §7.8)")]
+    HeaderDigest,
+    #[error("initiator did not answer {0} NOP-In pings")]
+    NopTimeout(u32),
+    #[error("{0} is not allowed in a discovery session (RFC 7143 §4.3)")]
+    DiscoverySession(Opcode),
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("connection already closed")]
+    Closed,
+}
+
+/// Free-running counters (for `tgtadm --op show`).
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionStats {
+    pub pdus_in: u64,
+    pub pdus_out: u64,
+    pub commands: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Login,
+    FullFeature,
+    /// Logout answered or login failed: closed once the queue is flushed.
+    Closing,
+}
+
+#[derive(Debug)]
+enum OutData {
+    None,
+    Owned(Vec<u8>),
+    /// A slice of a command buffer held in a slot (zero copy Data-In).
+    Slot {
+        slot: usize,
+        off: usize,
+        len: usize,
+    },
+}
+
+#[derive(Debug)]
+struct OutPdu {
+    header: [u8; BHS_LEN + DIGEST_LEN],
+    header_len: usize,
+    data: OutData,
+    trailer: [u8; 3 + DIGEST_LEN],
+    trailer_len: usize,
+    /// Slot whose buffer is done once this PDU is written.
+    release: Option<usize>,
+}
+
+#[derive(Debug)]
+struct R2tState {
+    ttt: u32,
+    offset: u32,
+    len: u32,
+    received: u32,
+    next_data_sn: u32,
+}
+
+#[derive(Debug)]
+struct Task<B> {
+    itt: u32,
+    lun: u64,
+    cdb: [u8; 16],
+    cdb_len: usize,
+    ext_cdb: [u8; 16],
+    edtl: u32,
+    read: bool,
+    write: bool,
+    attr: u8,
+    cmd_sn: u32,
+    buffer: Option<B>,
+    ordered: bool,
+    data_complete: bool,
+    delivered: bool,
+    received: u32,
+    unsol_active: bool,
+    unsol_next: u32,
+    unsol_end: u32,
+    unsol_data_sn: u32,
+    r2t_next_offset: u32,
+    r2t_sn: u32,
+    r2ts: Vec<R2tState>,
+}
+
+/// Where a non-immediate request's CmdSN falls (§4.2.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CmdSnOrder {
+    /// CmdSN == ExpCmdSN (or an immediate request).
+    InOrder,
+    /// Inside the window but ahead of ExpCmdSN: held until the gap is filled.
+    Ahead,
+    /// Outside the window or a duplicate: silently dropped (§4.2.2.1).
+    Drop,
+}
+
+/// Serial number arithmetic (RFC 1982), as required for CmdSN (§4.2.2.1).
+fn sn_lt(a: u32, b: u32) -> bool {
+    a != b && (b.wrapping_sub(a) as i32) > 0
+}
+
+/// A pending SendTargets answer.
+#[derive(Debug)]
+struct PendingText {
+    itt: u32,
+    lun: u64,
+    prefix: Vec<u8>,
+}
+
+/// A Text Response split over several PDUs (§11.11.2: C bit, TTT).
+#[derive(Debug)]
+struct TextOut {
+    itt: u32,
+    lun: u64,
+    ttt: u32,
+    bytes: Vec<u8>,
+    offset: usize,
+}
+
+/// One iSCSI connection, target side.
+pub struct Connection<B> {
+    config: TargetConfig,
+    phase: Phase,
+    fatal: bool,
+    login: LoginState,
+    login_started: bool,
+    login_req: Option<LoginRequestPdu>,
+    login_deadline: Instant,
+    params: SessionParams,
+    digests_active: (bool, bool),
+
+    stat_sn: u32,
+    exp_cmd_sn: u32,
+    max_cmd_sn: u32,
+    ahead: HashMap<u32, Option<u32>>,
+    next_ttt: u32,
+
+    tasks: HashMap<u32, Task<B>>,
+    events: VecDeque<Event<B>>,
+    out: VecDeque<OutPdu>,
+    out_offset: usize,
+    slots: Vec<Option<B>>,
+    free_slots: Vec<usize>,
+    free_buffers: VecDeque<B>,
+
+    text_in: TextCollector,
+    text_in_ttt: Option<(u32, u32)>,
+    pending_send_targets: Option<PendingText>,
+    text_out: Option<TextOut>,
+
+    last_rx: Instant,
+    last_ping: Instant,
+    pings_outstanding: u32,
+    ping_ttt: Option<u32>,
+
+    stats: ConnectionStats,
+}
+
+impl<B> std::fmt::Debug for Connection<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("phase", &self.phase)
+            .field("stat_sn", &self.stat_sn)
+            .field("exp_cmd_sn", &self.exp_cmd_sn)
+            .field("max_cmd_sn", &self.max_cmd_sn)
+            .field("tasks", &self.tasks.len())
+            .field("queued", &self.out.len())
+            .finish()
+    }
+}
+
+impl<B: DataBuf> Connection<B> {
+    pub fn new(config: TargetConfig, now: Instant) -> Self {
+        let params = SessionParams::rfc_defaults(&config);
+        Connection {
+            login: LoginState::new(&config),
+            login_deadline: now + config.login_timeout,
+            config,
+            phase: Phase::Login,
+            fatal: false,
+            login_started: false,
+            login_req: None,
+            params,
+            digests_active: (false, false),
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+            ahead: HashMap::new(),
+            next_ttt: 1,
+            tasks: HashMap::new(),
+            events: VecDeque::new(),
+            out: VecDeque::new(),
+            out_offset: 0,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            free_buffers: VecDeque::new(),
+            text_in: TextCollector::default(),
+            text_in_ttt: None,
+            pending_send_targets: None,
+            text_out: None,
+            last_rx: now,
+            last_ping: now,
+            pings_outstanding: 0,
+            ping_ttt: None,
+            stats: ConnectionStats::default(),
+        }
+    }
+
+    /// Operational values in force (RFC defaults until login completes).
+    pub fn session_params(&self) -> &SessionParams {
+        &self.params
+    }
+
+    /// True once the full feature phase is reached (and not yet closing).
+    pub fn is_full_feature(&self) -> bool {
+        self.phase == Phase::FullFeature
+    }
+
+    pub fn stats(&self) -> &ConnectionStats {
+        &self.stats
+    }
+
+    /// Number of tasks the connection knows (gathering data or running).
+    pub fn outstanding_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// PDUs queued for sending: a driver stops reading from a peer that does
+    /// not read its answers when this grows.
+    pub fn queued_pdus(&self) -> usize {
+        self.out.len()
+    }
+
+    /// The data segment limit in force: 8192 during login (the default
+    /// MaxRecvDataSegmentLength, §13.12), our declared value afterwards.
+    fn data_segment_limit(&self) -> usize {
+        match self.phase {
+            Phase::Login => LOGIN_DATA_SEGMENT_LIMIT,
+            _ => self.config.max_recv_data_segment_length as usize,
+        }
+    }
+
+    /// Largest PDU the peer may legally send in the current phase (48 + AHS +
+    /// max data segment + padding + digests): the driver sizes its receive buffer with it.
+    pub fn max_pdu_len(&self) -> usize {
+        BHS_LEN + MAX_AHS_LEN + DIGEST_LEN + pad4(self.data_segment_limit()) + DIGEST_LEN
+    }
+
+    fn max_tasks(&self) -> usize {
+        self.config.queue_depth as usize + 64
+    }
+
+    /// Parse every complete PDU at the front of `input` and return how many bytes
+    /// were consumed (an incomplete PDU is left for the next call).
+    pub fn handle_input(
+        &mut self,
+        input: &[u8],
+        now: Instant,
+        alloc: &mut dyn FnMut(usize) -> Option<B>,
+    ) -> Result<usize, ConnectionError> {
+        if self.fatal {
+            return Err(ConnectionError::Closed);
+        }
+        let mut consumed = 0;
+        while self.phase != Phase::Closing {
+            let rest = &input[consumed..];
+            let Some(bhs) = Bhs::from_prefix(rest) else {
+                // Even a partial first header must look like a Login Request.
+                if !self.login_started
+                    && !rest.is_empty()
+                    && Opcode(rest[0] & 0x3f) != Opcode::LOGIN_REQUEST
+                {
+                    return Err(self.fail(ConnectionError::LoginExpected(Opcode(rest[0] & 0x3f))));
+                }
+                break;
+            };
+            if !self.login_started && bhs.opcode() != Opcode::LOGIN_REQUEST {
+                // §6.1: the first PDU must be a Login Request; nothing is buffered.
+                return Err(self.fail(ConnectionError::LoginExpected(bhs.opcode())));
+            }
+            let dsl = bhs.data_segment_len();
+            let limit = self.data_segment_limit();
+            if dsl > limit {
+                let e = ConnectionError::DataSegmentTooLong { len: dsl, limit };
+                if self.phase == Phase::FullFeature {
+                    self.queue_reject(&bhs, RejectReason::PROTOCOL_ERROR);
+                } else if self.login_started {
+                    self.queue_login_failure(LoginStatus::INITIATOR_ERROR);
+                }
+                return Err(self.fail(e));
+            }
+            let (hd, dd) = self.digests_active;
+            let hd_len = if hd { DIGEST_LEN } else { 0 };
+            let dd_len = if dd && dsl > 0 { DIGEST_LEN } else { 0 };
+            let ahs_len = bhs.total_ahs_len();
+            let total = BHS_LEN + ahs_len + hd_len + pad4(dsl) + dd_len;
+            if rest.len() < total {
+                break;
+            }
+            let mut r = pdu::Reader::new(&rest[..total]);
+            let parsed = (|| -> Result<_, pdu::DecodeError> {
+                let _ = r.take(BHS_LEN)?;
+                let ahs = r.take(ahs_len)?;
+                let hdig = if hd { Some(r.array::<4>()?) } else { None };
+                let data = r.take(dsl)?;
+                let padding = r.take(pad4(dsl) - dsl)?;
+                let ddig = if dd_len > 0 {
+                    Some(r.array::<4>()?)
+                } else {
+                    None
+                };
+                Ok((ahs, hdig, data, padding, ddig))
+            })();
+            let Ok((ahs, hdig, data, padding, ddig)) = parsed else {
+                return Err(self.fail(ConnectionError::Protocol("PDU framing")));
+            };
+            consumed += total;
+            if let Some(d) = hdig {
+                // §7.8: a header digest error means the framing cannot be trusted.
+                if digest_from(d) != crc32c_of(&[&rest[..BHS_LEN + ahs_len]]) {
+                    return Err(self.fail(ConnectionError::HeaderDigest));
+                }
+            }
+            self.last_rx = now;
+            self.pings_outstanding = 0;
+            self.stats.pdus_in += 1;
+            if let Some(d) = ddig {
+                if digest_from(d) != crc32c_of(&[data, padding]) {
+                    // §7.8 / §11.17.1: Reject with Data-Digest-Error and discard the PDU.
+                    self.queue_reject(&bhs, RejectReason::DATA_DIGEST_ERROR);
+                    continue;
+                }
+            }
+            if let Err(e) = self.dispatch(&bhs, ahs, data, alloc) {
+                return Err(self.fail(e));
+            }
+        }
+        if self.phase == Phase::Closing {
+            // Anything after a Logout (or a failed login) is ignored.
+            consumed = input.len();
+        }
+        Ok(consumed)
+    }
+
+    /// Marks the connection dead; tasks' buffers go back to the driver.
+    fn fail(&mut self, e: ConnectionError) -> ConnectionError {
+        self.fatal = true;
+        for (_, mut t) in self.tasks.drain() {
+            if let Some(b) = t.buffer.take() {
+                self.free_buffers.push_back(b);
+            }
+        }
+        e
+    }
+
+    fn dispatch(
+        &mut self,
+        bhs: &Bhs,
+        ahs: &[u8],
+        data: &[u8],
+        alloc: &mut dyn FnMut(usize) -> Option<B>,
+    ) -> Result<(), ConnectionError> {
+        let pdu = InitiatorPdu::decode(bhs);
+        if self.phase == Phase::Login {
+            return match pdu {
+                InitiatorPdu::Login(req) => self.handle_login(req, data),
+                _ => {
+                    self.queue_login_failure(LoginStatus::INVALID_DURING_LOGIN);
+                    Err(ConnectionError::InvalidDuringLogin(bhs.opcode()))
+                }
+            };
+        }
+        let discovery = self.params.session_type == SessionType::Discovery;
+        match pdu {
+            InitiatorPdu::ScsiCommand(_)
+            | InitiatorPdu::DataOut(_)
+            | InitiatorPdu::TaskMgmt(_)
+            | InitiatorPdu::Snack(_)
+                if discovery =>
+            {
+                // §4.3 / §6.3: a discovery session only carries Text, NOP and Logout.
+                self.queue_reject(bhs, RejectReason::PROTOCOL_ERROR);
+                Err(ConnectionError::DiscoverySession(bhs.opcode()))
+            }
+            InitiatorPdu::ScsiCommand(cmd) => self.handle_scsi_command(bhs, cmd, ahs, data, alloc),
+            InitiatorPdu::DataOut(d) => self.handle_data_out(bhs, d, data),
+            InitiatorPdu::NopOut(n) => {
+                self.handle_nop_out(n, data);
+                Ok(())
+            }
+            InitiatorPdu::TaskMgmt(t) => {
+                if !t.immediate && self.account_cmd_sn(t.cmd_sn) == CmdSnOrder::Drop {
+                    return Ok(());
+                }
+                self.events.push_back(Event::TaskManagement(TaskManagement {
+                    itt: t.itt,
+                    function: t.function,
+                    lun: t.lun,
+                    referenced_itt: t.referenced_task_tag,
+                    ref_cmd_sn: t.ref_cmd_sn,
+                }));
+                Ok(())
+            }
+            InitiatorPdu::Text(t) => {
+                self.handle_text(bhs, t, data);
+                Ok(())
+            }
+            InitiatorPdu::Logout(l) => {
+                if !l.immediate && self.account_cmd_sn(l.cmd_sn) == CmdSnOrder::Drop {
+                    return Ok(());
+                }
+                // §11.15.1: 0 success; 2 = connection recovery not supported (ERL 0).
+                let response = if l.reason_code == 2 { 2 } else { 0 };
+                let sn = self.sn_fields(true);
+                let h = pdu::encode_logout_response(
+                    l.itt,
+                    response,
+                    sn,
+                    self.params.default_time2wait.min(u16::MAX as u32) as u16,
+                    self.params.default_time2retain.min(u16::MAX as u32) as u16,
+                );
+                self.queue(h, OutData::None, None);
+                self.events.push_back(Event::Logout {
+                    reason: l.reason_code,
+                });
+                self.phase = Phase::Closing;
+                Ok(())
+            }
+            InitiatorPdu::Snack(_) => {
+                // §7.x: SNACK needs ErrorRecoveryLevel > 0; at ERL 0 it is a protocol error.
+                self.queue_reject(bhs, RejectReason::PROTOCOL_ERROR);
+                Ok(())
+            }
+            InitiatorPdu::Login(_) => {
+                // A Login Request in full feature phase (§6.1).
+                self.queue_reject(bhs, RejectReason::PROTOCOL_ERROR);
+                Ok(())
+            }
+            InitiatorPdu::Unknown(_) => {
+                self.queue_reject(bhs, RejectReason::COMMAND_NOT_SUPPORTED);
+                Ok(())
+            }
+        }
+    }
+
+    // ----- sequence numbers -------------------------------------------------
+
+    /// StatSN/ExpCmdSN/MaxCmdSN for a response; `advance` consumes a StatSN.
+    /// MaxCmdSN = ExpCmdSN - 1 + (queue_depth - outstanding), never shrinking
+    /// (§4.2.2.1: the window only closes by ExpCmdSN catching up).
+    fn sn_fields(&mut self, advance: bool) -> SnFields {
+        let room = (self.config.queue_depth as usize).saturating_sub(self.tasks.len()) as u32;
+        let candidate = self.exp_cmd_sn.wrapping_sub(1).wrapping_add(room);
+        if sn_lt(self.max_cmd_sn, candidate) {
+            self.max_cmd_sn = candidate;
+        }
+        let sn = SnFields {
+            stat_sn: self.stat_sn,
+            exp_cmd_sn: self.exp_cmd_sn,
+            max_cmd_sn: self.max_cmd_sn,
+        };
+        if advance {
+            self.stat_sn = self.stat_sn.wrapping_add(1);
+        }
+        sn
+    }
+
+    /// Window check and accounting of a non-immediate request's CmdSN (§4.2.2.1).
+    fn check_cmd_sn(&mut self, cmd_sn: u32, itt: Option<u32>) -> CmdSnOrder {
+        // Window size: MaxCmdSN - ExpCmdSN + 1; zero when MaxCmdSN = ExpCmdSN - 1
+        // (window closed). A size beyond 2**31 cannot be a real window.
+        let off = cmd_sn.wrapping_sub(self.exp_cmd_sn);
+        let size = self
+            .max_cmd_sn
+            .wrapping_sub(self.exp_cmd_sn)
+            .wrapping_add(1);
+        if size > 1 << 31 || off >= size {
+            return CmdSnOrder::Drop;
+        }
+        if cmd_sn == self.exp_cmd_sn {
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            CmdSnOrder::InOrder
+        } else {
+            match self.ahead.entry(cmd_sn) {
+                std::collections::hash_map::Entry::Occupied(_) => CmdSnOrder::Drop,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(itt);
+                    CmdSnOrder::Ahead
+                }
+            }
+        }
+    }
+
+    /// Non-SCSI requests: account the CmdSN and release what waited on it.
+    fn account_cmd_sn(&mut self, cmd_sn: u32) -> CmdSnOrder {
+        let o = self.check_cmd_sn(cmd_sn, None);
+        self.drain_ahead();
+        o
+    }
+
+    /// Requests held ahead of ExpCmdSN become in order once the gap is filled:
+    /// advance ExpCmdSN over them and deliver commands in CmdSN order (§4.2.2.1).
+    fn drain_ahead(&mut self) {
+        while let Some(waiting) = self.ahead.remove(&self.exp_cmd_sn) {
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            if let Some(itt) = waiting {
+                if let Some(t) = self.tasks.get_mut(&itt) {
+                    t.ordered = true;
+                }
+                self.try_deliver(itt);
+            }
+        }
+    }
+
+    fn alloc_ttt(&mut self) -> u32 {
+        let t = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == RESERVED_TAG {
+            self.next_ttt = 1;
+        }
+        t
+    }
+
+    // ----- output -----------------------------------------------------------
+
+    /// Queues a PDU: header digest, padding and data digest as negotiated (§11.2).
+    fn queue(&mut self, bhs: Bhs, data: OutData, release: Option<usize>) {
+        let (hd, dd) = self.digests_active;
+        let mut header = [0u8; BHS_LEN + DIGEST_LEN];
+        header[..BHS_LEN].copy_from_slice(&bhs.0);
+        let mut header_len = BHS_LEN;
+        if hd {
+            header[BHS_LEN..].copy_from_slice(&digest_bytes(crc32c_of(&[&bhs.0])));
+            header_len += DIGEST_LEN;
+        }
+        let data_slice: &[u8] = match &data {
+            OutData::None => &[],
+            OutData::Owned(v) => v,
+            OutData::Slot { slot, off, len } => self
+                .slots
+                .get(*slot)
+                .and_then(|s| s.as_ref())
+                .and_then(|b| b.as_ref().get(*off..*off + *len))
+                .unwrap_or(&[]),
+        };
+        let dlen = data_slice.len();
+        let pad = pad4(dlen) - dlen;
+        let mut trailer = [0u8; 3 + DIGEST_LEN];
+        let mut trailer_len = pad;
+        if dd && dlen > 0 {
+            let crc = crc32c_of(&[data_slice, &[0u8; 3][..pad]]);
+            trailer[pad..pad + DIGEST_LEN].copy_from_slice(&digest_bytes(crc));
+            trailer_len += DIGEST_LEN;
+        }
+        self.stats.pdus_out += 1;
+        self.out.push_back(OutPdu {
+            header,
+            header_len,
+            data,
+            trailer,
+            trailer_len,
+            release,
+        });
+    }
+
+    fn queue_reject(&mut self, bhs: &Bhs, reason: RejectReason) {
+        let sn = self.sn_fields(true);
+        let h = pdu::encode_reject(reason, sn, 0);
+        self.queue(h, OutData::Owned(bhs.0.to_vec()), None);
+    }
+
+    fn store_slot(&mut self, b: B) -> usize {
+        if let Some(i) = self.free_slots.pop() {
+            self.slots[i] = Some(b);
+            i
+        } else {
+            self.slots.push(Some(b));
+            self.slots.len() - 1
+        }
+    }
+
+    fn release_slot(&mut self, slot: usize) {
+        if let Some(b) = self.slots.get_mut(slot).and_then(Option::take) {
+            self.free_buffers.push_back(b);
+            self.free_slots.push(slot);
+        }
+    }
+
+    fn parts<'a>(slots: &'a [Option<B>], p: &'a OutPdu) -> [&'a [u8]; 3] {
+        let data: &[u8] = match &p.data {
+            OutData::None => &[],
+            OutData::Owned(v) => v,
+            OutData::Slot { slot, off, len } => slots
+                .get(*slot)
+                .and_then(|s| s.as_ref())
+                .and_then(|b| b.as_ref().get(*off..*off + *len))
+                .unwrap_or(&[]),
+        };
+        [&p.header[..p.header_len], data, &p.trailer[..p.trailer_len]]
+    }
+
+    /// Write queued output with ONE `write_vectored` call of up to 64 slices;
+    /// advance by what was written and return that count.
+    pub fn write_to(&mut self, w: &mut dyn Write) -> io::Result<usize> {
+        const MAX_SLICES: usize = 64;
+        let mut bufs = [IoSlice::new(&[]); MAX_SLICES];
+        let mut n = 0;
+        let mut skip = self.out_offset;
+        'outer: for p in &self.out {
+            for part in Self::parts(&self.slots, p) {
+                if part.is_empty() {
+                    continue;
+                }
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                if n == MAX_SLICES {
+                    break 'outer;
+                }
+                bufs[n] = IoSlice::new(&part[skip..]);
+                skip = 0;
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        let written = w.write_vectored(&bufs[..n])?;
+        self.advance_output(written);
+        Ok(written)
+    }
+
+    fn advance_output(&mut self, mut written: usize) {
+        while let Some(front) = self.out.front() {
+            let total: usize = Self::parts(&self.slots, front)
+                .iter()
+                .map(|p| p.len())
+                .sum();
+            let left = total - self.out_offset;
+            if written < left {
+                self.out_offset += written;
+                return;
+            }
+            written -= left;
+            self.out_offset = 0;
+            if let Some(p) = self.out.pop_front() {
+                if let Some(slot) = p.release {
+                    self.release_slot(slot);
+                }
+            }
+        }
+    }
+
+    pub fn wants_write(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// True once the connection is finished (logout answered and flushed, login
+    /// rejected and flushed, or fatal error): the driver closes the socket.
+    pub fn is_closed(&self) -> bool {
+        self.fatal || (self.phase == Phase::Closing && self.out.is_empty())
+    }
+
+    /// Drops all queued output and hands every buffer back through
+    /// `poll_free_buffer` (the driver is tearing the connection down).
+    pub fn shutdown(&mut self) {
+        self.fatal = true;
+        self.out.clear();
+        self.out_offset = 0;
+        for i in 0..self.slots.len() {
+            self.release_slot(i);
+        }
+        for (_, mut t) in self.tasks.drain() {
+            if let Some(b) = t.buffer.take() {
+                self.free_buffers.push_back(b);
+            }
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event<B>> {
+        self.events.pop_front()
+    }
+
+    /// Buffers the connection is done with: the driver recycles them.
+    pub fn poll_free_buffer(&mut self) -> Option<B> {
+        self.free_buffers.pop_front()
+    }
+
+    // ----- timers -----------------------------------------------------------
+
+    /// Earliest instant `handle_timeout` must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_closed() {
+            return None;
+        }
+        match self.phase {
+            Phase::Login => Some(self.login_deadline),
+            Phase::FullFeature => self.config.nop_interval.map(|i| {
+                if self.pings_outstanding == 0 {
+                    self.last_rx + i
+                } else {
+                    self.last_ping + i
+                }
+            }),
+            Phase::Closing => None,
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ConnectionError> {
+        if self.fatal {
+            return Err(ConnectionError::Closed);
+        }
+        match self.phase {
+            Phase::Login => {
+                if now >= self.login_deadline {
+                    return Err(self.fail(ConnectionError::LoginTimeout(self.config.login_timeout)));
+                }
+            }
+            Phase::FullFeature => {
+                let Some(deadline) = self.poll_timeout() else {
+                    return Ok(());
+                };
+                if now < deadline {
+                    return Ok(());
+                }
+                if self.pings_outstanding >= self.config.nop_count {
+                    return Err(self.fail(ConnectionError::NopTimeout(self.pings_outstanding)));
+                }
+                // §11.19: an unsolicited NOP-In (ITT reserved, a TTT) asks for a NOP-Out;
+                // StatSN is not advanced.
+                let ttt = self.alloc_ttt();
+                self.ping_ttt = Some(ttt);
+                let sn = self.sn_fields(false);
+                let h = pdu::encode_nop_in(0, RESERVED_TAG, ttt, 0, sn);
+                self.queue(h, OutData::None, None);
+                self.pings_outstanding += 1;
+                self.last_ping = now;
+            }
+            Phase::Closing => {}
+        }
+        Ok(())
+    }
+
+    // ----- login ------------------------------------------------------------
+
+    fn handle_login(&mut self, req: LoginRequestPdu, data: &[u8]) -> Result<(), ConnectionError> {
+        if !self.login_started {
+            // §11.13: StatSN starts at the initiator's ExpStatSN (as tgt does);
+            // CmdSN of the first Login Request is the session's initial CmdSN.
+            self.login_started = true;
+            self.stat_sn = req.exp_stat_sn;
+            self.exp_cmd_sn = req.cmd_sn;
+            self.max_cmd_sn = req
+                .cmd_sn
+                .wrapping_add(self.config.queue_depth.max(1))
+                .wrapping_sub(1);
+        }
+        let step = self.login.handle_request(&req, data);
+        self.login_req = Some(req);
+        self.apply_login_step(step)
+    }
+
+    fn apply_login_step(&mut self, step: LoginStep) -> Result<(), ConnectionError> {
+        match step {
+            LoginStep::NeedDecision(info) => {
+                self.events.push_back(Event::Login(info));
+                Ok(())
+            }
+            LoginStep::Fail(status) => {
+                self.queue_login_failure(status);
+                Err(ConnectionError::LoginFailed(status))
+            }
+            LoginStep::Reply(r) => {
+                let Some(req) = self.login_req.clone() else {
+                    return Err(ConnectionError::Protocol("login reply without request"));
+                };
+                let resp = LoginResponse {
+                    transit: r.transit,
+                    continue_bit: false,
+                    csg: r.csg.0,
+                    nsg: r.nsg.0,
+                    version_max: 0,
+                    version_active: 0,
+                    isid: req.isid,
+                    tsih: r.tsih,
+                    itt: req.itt,
+                    status: r.status.0,
+                    data_len: r.text.len(),
+                };
+                let sn = self.sn_fields(true);
+                let h = pdu::encode_login_response(&resp, sn);
+                self.queue(h, OutData::Owned(r.text), None);
+                if let Some(params) = r.full_feature {
+                    self.params = params.clone();
+                    self.phase = Phase::FullFeature;
+                    // §11.2.4 (§13.1): digests start with the first PDU after the final Login Response.
+                    self.digests_active = (params.header_digest, params.data_digest);
+                    self.events.push_back(Event::FullFeature(params));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues a failing Login Response; the connection closes once it is flushed.
+    fn queue_login_failure(&mut self, status: LoginStatus) {
+        let (isid, itt) = self
+            .login_req
+            .as_ref()
+            .map_or(([0; 6], 0), |r| (r.isid, r.itt));
+        let resp = LoginResponse {
+            isid,
+            itt,
+            status: status.0,
+            ..Default::default()
+        };
+        let sn = self.sn_fields(true);
+        let h = pdu::encode_login_response(&resp, sn);
+        self.queue(h, OutData::None, None);
+        self.phase = Phase::Closing;
+    }
+
+    /// The target's acceptance of `Event::Login`.
+    pub fn accept_login(&mut self, accept: LoginAccept) {
+        if self.phase != Phase::Login {
+            return;
+        }
+        if let Some(step) = self.login.accept(accept) {
+            // A failure here queues its Login Response and closes after flushing.
+            let _ = self.apply_login_step(step);
+        }
+    }
+
+    /// Queue the failing Login Response, then closed.
+    pub fn reject_login(&mut self, status: LoginStatus) {
+        if self.phase != Phase::Login {
+            return;
+        }
+        self.login.reject();
+        let status = if status.is_success() {
+            LoginStatus::TARGET_ERROR
+        } else {
+            status
+        };
+        self.queue_login_failure(status);
+    }
+
+    // ----- SCSI commands and data -------------------------------------------
+
+    fn handle_scsi_command(
+        &mut self,
+        bhs: &Bhs,
+        cmd: ScsiCommandPdu,
+        ahs: &[u8],
+        data: &[u8],
+        alloc: &mut dyn FnMut(usize) -> Option<B>,
+    ) -> Result<(), ConnectionError> {
+        let order = if cmd.immediate {
+            CmdSnOrder::InOrder
+        } else {
+            self.check_cmd_sn(cmd.cmd_sn, None)
+        };
+        if order == CmdSnOrder::Drop {
+            // §4.2.2.1: outside the window: silently ignored.
+            return Ok(());
+        }
+        let edtl = cmd.expected_data_transfer_length;
+        let dsl = data.len() as u32;
+        let reason = match pdu::parse_command_ahs(ahs) {
+            Err(_) => Some(RejectReason::INVALID_PDU_FIELD),
+            Ok(a) if a.ext_cdb_len > 16 => Some(RejectReason::INVALID_PDU_FIELD),
+            Ok(_) if cmd.itt == RESERVED_TAG => Some(RejectReason::INVALID_PDU_FIELD),
+            Ok(_) if self.tasks.contains_key(&cmd.itt) => Some(RejectReason::TASK_IN_PROGRESS),
+            // §11.3.5 / §13.11: immediate data only with W, ImmediateData=Yes,
+            // and no more than FirstBurstLength and EDTL.
+            Ok(_) if dsl > 0 && (!cmd.write || !self.params.immediate_data) => {
+                Some(RejectReason::PROTOCOL_ERROR)
+            }
+            Ok(_) if dsl > edtl || dsl > self.params.first_burst_length => {
+                Some(RejectReason::PROTOCOL_ERROR)
+            }
+            // §13.10: unsolicited Data-Out needs InitialR2T=No.
+            Ok(_) if cmd.write && !cmd.final_bit && self.params.initial_r2t => {
+                Some(RejectReason::PROTOCOL_ERROR)
+            }
+            Ok(_) if self.tasks.len() >= self.max_tasks() => Some(if cmd.immediate {
+                RejectReason::IMMEDIATE_COMMAND_REJECT
+            } else {
+                RejectReason::PROTOCOL_ERROR
+            }),
+            Ok(_) => None,
+        };
+        if let Some(reason) = reason {
+            // The CmdSN stays consumed (accounted above); the initiator sees the Reject.
+            self.queue_reject(bhs, reason);
+            self.drain_ahead();
+            return Ok(());
+        }
+        let ext = pdu::parse_command_ahs(ahs).unwrap_or_default();
+        self.stats.commands += 1;
+        let mut task = Task {
+            itt: cmd.itt,
+            lun: cmd.lun,
+            cdb: cmd.cdb,
+            cdb_len: 16 + ext.ext_cdb_len,
+            ext_cdb: ext.ext_cdb,
+            edtl,
+            read: cmd.read,
+            write: cmd.write,
+            attr: cmd.attr,
+            cmd_sn: cmd.cmd_sn,
+            buffer: None,
+            ordered: order == CmdSnOrder::InOrder,
+            data_complete: true,
+            delivered: false,
+            received: 0,
+            unsol_active: false,
+            unsol_next: 0,
+            unsol_end: 0,
+            unsol_data_sn: 0,
+            r2t_next_offset: 0,
+            r2t_sn: 0,
+            r2ts: Vec::new(),
+        };
+        let mut need_r2t = false;
+        if cmd.write && edtl > 0 {
+            let buffer = if edtl <= self.config.max_data_transfer {
+                match alloc(edtl as usize) {
+                    Some(b) if b.as_ref().len() >= edtl as usize => Some(b),
+                    Some(b) => {
+                        self.free_buffers.push_back(b);
+                        None
+                    }
+                    None => None,
+                }
+            } else {
+                None
+            };
+            if let Some(mut b) = buffer {
+                if let Some(dst) = b.as_mut().get_mut(..data.len()) {
+                    dst.copy_from_slice(data);
+                }
+                self.stats.write_bytes += u64::from(dsl);
+                task.buffer = Some(b);
+                task.received = dsl;
+                task.r2t_next_offset = dsl;
+                task.data_complete = dsl == edtl;
+                if !task.data_complete {
+                    let unsol_end = self.params.first_burst_length.min(edtl);
+                    if !cmd.final_bit && dsl < unsol_end {
+                        // §4.2.5.2: unsolicited Data-Out follows up to FirstBurstLength.
+                        task.unsol_active = true;
+                        task.unsol_next = dsl;
+                        task.unsol_end = unsol_end;
+                    } else {
+                        need_r2t = true;
+                    }
+                }
+            }
+            // Not buffered: delivered at once with data None; its Data-Out is discarded.
+        }
+        let itt = cmd.itt;
+        self.tasks.insert(itt, task);
+        if order == CmdSnOrder::Ahead {
+            self.ahead.insert(cmd.cmd_sn, Some(itt));
+        }
+        if need_r2t {
+            self.issue_r2ts(itt);
+        }
+        self.try_deliver(itt);
+        self.drain_ahead();
+        Ok(())
+    }
+
+    /// Sends R2Ts for the rest of a task's data, each at most MaxBurstLength,
+    /// at most MaxOutstandingR2T at a time (§11.8, §13.13, §13.17).
+    fn issue_r2ts(&mut self, itt: u32) {
+        let max_out = self.params.max_outstanding_r2t.max(1) as usize;
+        let burst = self.params.max_burst_length.max(1);
+        loop {
+            let Some(t) = self.tasks.get(&itt) else {
+                return;
+            };
+            if t.r2ts.len() >= max_out || t.r2t_next_offset >= t.edtl {
+                return;
+            }
+            let ttt = self.alloc_ttt();
+            let sn = self.sn_fields(false);
+            let Some(t) = self.tasks.get_mut(&itt) else {
+                return;
+            };
+            let off = t.r2t_next_offset;
+            let len = burst.min(t.edtl - off);
+            let r2t_sn = t.r2t_sn;
+            t.r2t_sn = t.r2t_sn.wrapping_add(1);
+            t.r2t_next_offset += len;
+            t.r2ts.push(R2tState {
+                ttt,
+                offset: off,
+                len,
+                received: 0,
+                next_data_sn: 0,
+            });
+            let h = pdu::encode_r2t(t.lun, itt, ttt, sn, r2t_sn, off, len);
+            self.queue(h, OutData::None, None);
+        }
+    }
+
+    fn try_deliver(&mut self, itt: u32) {
+        let Some(t) = self.tasks.get_mut(&itt) else {
+            return;
+        };
+        if !t.ordered || !t.data_complete || t.delivered {
+            return;
+        }
+        t.delivered = true;
+        t.r2ts.clear();
+        let cmd = ScsiCommand {
+            itt: t.itt,
+            lun: t.lun,
+            cdb: t.cdb,
+            cdb_len: t.cdb_len,
+            ext_cdb: t.ext_cdb,
+            expected_len: t.edtl,
+            read: t.read,
+            write: t.write,
+            attr: t.attr,
+            cmd_sn: t.cmd_sn,
+            data: t.buffer.take(),
+        };
+        self.events.push_back(Event::Command(cmd));
+    }
+
+    fn handle_data_out(
+        &mut self,
+        bhs: &Bhs,
+        d: DataOutPdu,
+        data: &[u8],
+    ) -> Result<(), ConnectionError> {
+        let len = data.len() as u32;
+        let Some(t) = self.tasks.get_mut(&d.itt) else {
+            // Aborted, completed or never buffered: discard (§11.7).
+            return Ok(());
+        };
+        if t.delivered || t.buffer.is_none() {
+            return Ok(());
+        }
+        let mut burst_done = false;
+        if d.ttt == RESERVED_TAG {
+            // Unsolicited data (§4.2.5.2): in order, within FirstBurstLength.
+            if !t.unsol_active
+                || d.data_sn != t.unsol_data_sn
+                || d.buffer_offset != t.unsol_next
+                || u64::from(d.buffer_offset) + u64::from(len) > u64::from(t.unsol_end)
+            {
+                self.queue_reject(bhs, RejectReason::PROTOCOL_ERROR);
+                return Err(ConnectionError::Protocol(
+                    "unsolicited Data-Out out of sequence",
+                ));
+            }
+            t.unsol_next += len;
+            t.unsol_data_sn = t.unsol_data_sn.wrapping_add(1);
+            if d.final_bit || t.unsol_next == t.unsol_end {
+                t.unsol_active = false;
+                t.r2t_next_offset = t.unsol_next;
+                burst_done = true;
+            }
+        } else {
+            // Solicited data (§11.7): TTT of an outstanding R2T, DataSN and
+            // offsets in order within the burst (DataPDUInOrder=Yes).
+            let Some(i) = t.r2ts.iter().position(|r| r.ttt == d.ttt) else {
+                self.queue_reject(bhs, RejectReason::INVALID_PDU_FIELD);
+                return Err(ConnectionError::Protocol(
+                    "Data-Out with unknown Target Transfer Tag",
+                ));
+            };
+            let r = &mut t.r2ts[i];
+            if d.data_sn != r.next_data_sn
+                || d.buffer_offset != r.offset + r.received
+                || r.received + len > r.len
+                || (d.final_bit && r.received + len != r.len)
+            {
+                self.queue_reject(bhs, RejectReason::PROTOCOL_ERROR);
+                return Err(ConnectionError::Protocol(
+                    "solicited Data-Out out of sequence",
+                ));
+            }
+            r.received += len;
+            r.next_data_sn = r.next_data_sn.wrapping_add(1);
+            if r.received == r.len {
+                t.r2ts.swap_remove(i);
+                burst_done = true;
+            }
+        }
+        let off = d.buffer_offset as usize;
+        if let Some(dst) = t
+            .buffer
+            .as_mut()
+            .and_then(|b| b.as_mut().get_mut(off..off + data.len()))
+        {
+            dst.copy_from_slice(data);
+        }
+        t.received += len;
+        self.stats.write_bytes += u64::from(len);
+        if t.received >= t.edtl {
+            t.data_complete = true;
+            self.try_deliver(d.itt);
+        } else if burst_done {
+            self.issue_r2ts(d.itt);
+        }
+        Ok(())
+    }
+
+    /// The target's completion of a command: Data-In and/or SCSI Response.
+    pub fn complete_command(&mut self, itt: u32, response: CommandResponse<B>) {
+        let Some(mut task) = self.tasks.remove(&itt) else {
+            if let Some(b) = response.data {
+                self.free_buffers.push_back(b);
+            }
+            return;
+        };
+        if let Some(b) = task.buffer.take() {
+            self.free_buffers.push_back(b);
+        }
+        if self.phase != Phase::FullFeature {
+            if let Some(b) = response.data {
+                self.free_buffers.push_back(b);
+            }
+            return;
+        }
+        let (res_flags, res_count) = match response.residual {
+            Residual::None => (0, 0),
+            Residual::Underflow(n) => (pdu::FLAG_RESIDUAL_UNDERFLOW, n),
+            Residual::Overflow(n) => (pdu::FLAG_RESIDUAL_OVERFLOW, n),
+        };
+        let collapse = response.sense.is_empty();
+        let mut data_sn = 0u32;
+        let mut status_sent = false;
+        match response.data {
+            Some(buf) if task.read => {
+                let data_len = response
+                    .data_len
+                    .min(buf.as_ref().len())
+                    .min(task.edtl as usize);
+                if data_len == 0 {
+                    self.free_buffers.push_back(buf);
+                } else {
+                    self.stats.read_bytes += data_len as u64;
+                    let slot = self.store_slot(buf);
+                    let mrdsl =
+                        (self.params.initiator_max_recv_data_segment_length as usize).max(512);
+                    let burst = (self.params.max_burst_length as usize).max(512);
+                    let mut off = 0;
+                    while off < data_len {
+                        let burst_left = burst - off % burst;
+                        let chunk = mrdsl.min(burst_left).min(data_len - off);
+                        let last = off + chunk == data_len;
+                        let status = if last && collapse {
+                            Some(response.status)
+                        } else {
+                            None
+                        };
+                        let sn = self.sn_fields(status.is_some());
+                        let di = DataIn {
+                            final_bit: last || chunk == burst_left,
+                            status,
+                            residual_flags: res_flags,
+                            residual: res_count,
+                            lun: task.lun,
+                            itt,
+                            data_sn,
+                            buffer_offset: off as u32,
+                            data_len: chunk,
+                        };
+                        let h = pdu::encode_data_in(&di, sn);
+                        self.queue(
+                            h,
+                            OutData::Slot {
+                                slot,
+                                off,
+                                len: chunk,
+                            },
+                            if last { Some(slot) } else { None },
+                        );
+                        data_sn = data_sn.wrapping_add(1);
+                        off += chunk;
+                    }
+                    status_sent = collapse;
+                }
+            }
+            Some(buf) => self.free_buffers.push_back(buf),
+            None => {}
+        }
+        if !status_sent {
+            let mut payload = Vec::new();
+            if !response.sense.is_empty() {
+                // §11.4.7: SenseLength (2 bytes) then the sense data.
+                let n = response.sense.len().min(u16::MAX as usize - 2);
+                payload.extend_from_slice(&(n as u16).to_be_bytes());
+                payload.extend_from_slice(&response.sense[..n]);
+            }
+            let exp_data_sn = if task.read { data_sn } else { task.r2t_sn };
+            let sn = self.sn_fields(true);
+            let h = pdu::encode_scsi_response(
+                itt,
+                res_flags,
+                response.status,
+                payload.len(),
+                sn,
+                exp_data_sn,
+                res_count,
+            );
+            let data = if payload.is_empty() {
+                OutData::None
+            } else {
+                OutData::Owned(payload)
+            };
+            self.queue(h, data, None);
+        }
+    }
+
+    /// Forget a task (ABORT TASK etc.): drop its R2T state; its buffer comes back
+    /// through `poll_free_buffer`; a later `complete_command` for it is ignored.
+    pub fn abort_task(&mut self, itt: u32) {
+        if let Some(mut t) = self.tasks.remove(&itt) {
+            if let Some(b) = t.buffer.take() {
+                self.free_buffers.push_back(b);
+            }
+            if !t.ordered {
+                // Keep the CmdSN accounted, but not linked to a forgotten task.
+                if let Some(v) = self.ahead.get_mut(&t.cmd_sn) {
+                    *v = None;
+                }
+            }
+        }
+    }
+
+    /// Task Management Function Response (§11.6.1: 0 complete, 1 task does not
+    /// exist, 2 LUN does not exist, 5 not supported, 255 rejected).
+    pub fn task_management_response(&mut self, itt: u32, response: u8) {
+        if self.phase != Phase::FullFeature {
+            return;
+        }
+        let sn = self.sn_fields(true);
+        let h = pdu::encode_tmf_response(itt, response, sn);
+        self.queue(h, OutData::None, None);
+    }
+
+    // ----- NOP, Text ---------------------------------------------------------
+
+    fn handle_nop_out(&mut self, n: NopOutPdu, data: &[u8]) {
+        if n.itt == RESERVED_TAG {
+            // §11.18: an answer to our ping (or a ping needing no answer).
+            if n.ttt != RESERVED_TAG && Some(n.ttt) == self.ping_ttt {
+                self.ping_ttt = None;
+            }
+            return;
+        }
+        if !n.immediate && self.account_cmd_sn(n.cmd_sn) == CmdSnOrder::Drop {
+            return;
+        }
+        // §11.19: echo the ping data, within the initiator's MaxRecvDataSegmentLength.
+        let max = self.params.initiator_max_recv_data_segment_length as usize;
+        let echo = &data[..data.len().min(max)];
+        let sn = self.sn_fields(true);
+        let h = pdu::encode_nop_in(n.lun, n.itt, RESERVED_TAG, echo.len(), sn);
+        let d = if echo.is_empty() {
+            OutData::None
+        } else {
+            OutData::Owned(echo.to_vec())
+        };
+        self.queue(h, d, None);
+    }
+
+    fn handle_text(&mut self, bhs: &Bhs, t: TextRequestPdu, data: &[u8]) {
+        if !t.immediate && self.account_cmd_sn(t.cmd_sn) == CmdSnOrder::Drop {
+            return;
+        }
+        if t.ttt != RESERVED_TAG {
+            // Continuation of our long response (§11.11.2).
+            if let Some(o) = &self.text_out {
+                if o.itt == t.itt && o.ttt == t.ttt {
+                    self.send_text_chunk();
+                    return;
+                }
+            }
+            // Continuation of the initiator's long request.
+            if self.text_in_ttt != Some((t.itt, t.ttt)) {
+                self.queue_reject(bhs, RejectReason::INVALID_PDU_FIELD);
+                return;
+            }
+        } else {
+            // A new request resets any text exchange in progress (§11.10.4).
+            self.text_in.clear();
+            self.text_out = None;
+        }
+        self.text_in_ttt = None;
+        if self.text_in.push(data).is_err() {
+            self.text_in.clear();
+            self.queue_reject(bhs, RejectReason::PROTOCOL_ERROR);
+            return;
+        }
+        if t.continue_bit {
+            // §11.10.2: acknowledge with an empty response carrying a TTT.
+            let ttt = self.alloc_ttt();
+            self.text_in_ttt = Some((t.itt, ttt));
+            let sn = self.sn_fields(true);
+            let h = pdu::encode_text_response(false, false, t.lun, t.itt, ttt, 0, sn);
+            self.queue(h, OutData::None, None);
+            return;
+        }
+        let Ok(pairs) = text::parse(&self.text_in.take()) else {
+            self.queue_reject(bhs, RejectReason::PROTOCOL_ERROR);
+            return;
+        };
+        let mut out = Vec::new();
+        let mut scope = None;
+        for kv in &pairs {
+            match kv.key.as_str() {
+                "SendTargets" if scope.is_none() => {
+                    scope = Some(match kv.value.as_str() {
+                        "All" => SendTargetsScope::All,
+                        "" if self.params.session_type == SessionType::Discovery => {
+                            SendTargetsScope::All
+                        }
+                        "" => SendTargetsScope::Session,
+                        name => SendTargetsScope::Target(name.to_string()),
+                    });
+                }
+                "MaxRecvDataSegmentLength" => {
+                    // §13.12: declarative, may be re-declared in full feature phase.
+                    if let Some(n) = crate::params::parse_number(&kv.value) {
+                        if (u64::from(crate::params::MIN_LENGTH)
+                            ..=u64::from(crate::params::MAX_LENGTH))
+                            .contains(&n)
+                        {
+                            self.params.initiator_max_recv_data_segment_length = n as u32;
+                        }
+                    }
+                    text::encode_pair(
+                        &mut out,
+                        "MaxRecvDataSegmentLength",
+                        &self.config.max_recv_data_segment_length.to_string(),
+                    );
+                }
+                // Login-only keys (§13: "Use: LO/IO") cannot be renegotiated here.
+                "HeaderDigest"
+                | "DataDigest"
+                | "MaxConnections"
+                | "InitialR2T"
+                | "ImmediateData"
+                | "MaxBurstLength"
+                | "FirstBurstLength"
+                | "DefaultTime2Wait"
+                | "DefaultTime2Retain"
+                | "MaxOutstandingR2T"
+                | "DataPDUInOrder"
+                | "DataSequenceInOrder"
+                | "ErrorRecoveryLevel"
+                | "SessionType"
+                | "InitiatorName"
+                | "TargetName"
+                | "AuthMethod" => text::encode_pair(&mut out, &kv.key, REJECT),
+                _ => text::encode_pair(&mut out, &kv.key, NOT_UNDERSTOOD),
+            }
+        }
+        match scope {
+            Some(s) => {
+                self.pending_send_targets = Some(PendingText {
+                    itt: t.itt,
+                    lun: t.lun,
+                    prefix: out,
+                });
+                self.events.push_back(Event::SendTargets(s));
+            }
+            None => self.start_text_response(t.itt, t.lun, out),
+        }
+    }
+
+    /// Targets visible to this initiator: (TargetName, ["ADDR:PORT,TPGT", ...]),
+    /// encoded as TargetName=/TargetAddress= pairs (§13.3, Appendix C), continued
+    /// over several Text Responses if larger than the initiator's MaxRecvDataSegmentLength.
+    pub fn send_targets_response(&mut self, targets: &[(String, Vec<String>)]) {
+        let Some(p) = self.pending_send_targets.take() else {
+            return;
+        };
+        let mut out = p.prefix;
+        for (name, addrs) in targets {
+            text::encode_pair(&mut out, "TargetName", name);
+            for a in addrs {
+                text::encode_pair(&mut out, "TargetAddress", a);
+            }
+        }
+        self.start_text_response(p.itt, p.lun, out);
+    }
+
+    fn start_text_response(&mut self, itt: u32, lun: u64, bytes: Vec<u8>) {
+        let ttt = self.alloc_ttt();
+        self.text_out = Some(TextOut {
+            itt,
+            lun,
+            ttt,
+            bytes,
+            offset: 0,
+        });
+        self.send_text_chunk();
+    }
+
+    /// Sends the next piece of a Text Response: F=1 on the last piece, C=1 and
+    /// a TTT on the others (§11.11.1, §11.11.2).
+    fn send_text_chunk(&mut self) {
+        let Some(mut o) = self.text_out.take() else {
+            return;
+        };
+        let max = (self.params.initiator_max_recv_data_segment_length as usize).max(512);
+        let end = (o.offset + max).min(o.bytes.len());
+        let chunk = o.bytes.get(o.offset..end).unwrap_or(&[]).to_vec();
+        let last = end >= o.bytes.len();
+        let sn = self.sn_fields(true);
+        let ttt = if last { RESERVED_TAG } else { o.ttt };
+        let h = pdu::encode_text_response(last, !last, o.lun, o.itt, ttt, chunk.len(), sn);
+        let d = if chunk.is_empty() {
+            OutData::None
+        } else {
+            OutData::Owned(chunk)
+        };
+        self.queue(h, d, None);
+        if !last {
+            o.offset = end;
+            self.text_out = Some(o);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1243 @@
+//! Deterministic tests: an in-memory initiator drives a `Connection<Vec<u8>>`.
+
+use super::*;
+use crate::pdu::Stage;
+use proptest::prelude::*;
+
+const ISID: [u8; 6] = [0x80, 0x12, 0x34, 0x56, 0x00, 0x01];
+
+/// Frames a PDU as an initiator would (§11.2): BHS, AHS, header digest, data,
+/// padding, data digest.
+fn frame(bhs: &Bhs, ahs: &[u8], data: &[u8], hd: bool, dd: bool) -> Vec<u8> {
+    let mut b = *bhs;
+    b.0[4] = (ahs.len() / 4) as u8;
+    b.set_data_segment_len(data.len());
+    let mut out = b.0.to_vec();
+    out.extend_from_slice(ahs);
+    if hd {
+        let crc = crc32c_of(&[&out]);
+        out.extend_from_slice(&digest_bytes(crc));
+    }
+    out.extend_from_slice(data);
+    let pad = pad4(data.len()) - data.len();
+    out.extend(std::iter::repeat_n(0u8, pad));
+    if dd && !data.is_empty() {
+        let mut padded = data.to_vec();
+        padded.extend(std::iter::repeat_n(0u8, pad));
+        out.extend_from_slice(&digest_bytes(crc32c_of(&[&padded])));
+    }
+    out
+}
+
+fn login_bhs(csg: u8, nsg: u8, transit: bool, cont: bool, itt: u32, cmd_sn: u32) -> Bhs {
+    let mut b = Bhs::default();
+    b.set_opcode(Opcode::LOGIN_REQUEST, true);
+    let mut f = (csg << 2) | nsg;
+    if transit {
+        f |= 0x80;
+    }
+    if cont {
+        f |= 0x40;
+    }
+    b.set_flags(f);
+    b.0[8..14].copy_from_slice(&ISID);
+    b.set_u32(16, itt);
+    b.set_u32(24, cmd_sn);
+    b
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scsi_bhs(
+    itt: u32,
+    read: bool,
+    write: bool,
+    fin: bool,
+    edtl: u32,
+    cmd_sn: u32,
+    cdb0: u8,
+    imm: bool,
+) -> Bhs {
+    let mut b = Bhs::default();
+    b.set_opcode(Opcode::SCSI_COMMAND, imm);
+    let mut f = 0x01; // SIMPLE
+    if fin {
+        f |= 0x80;
+    }
+    if read {
+        f |= 0x40;
+    }
+    if write {
+        f |= 0x20;
+    }
+    b.set_flags(f);
+    b.set_u64(8, 0x0001_0000_0000_0000);
+    b.set_u32(16, itt);
+    b.set_u32(20, edtl);
+    b.set_u32(24, cmd_sn);
+    b.0[32] = cdb0;
+    b
+}
+
+fn data_out_bhs(itt: u32, ttt: u32, data_sn: u32, offset: u32, fin: bool) -> Bhs {
+    let mut b = Bhs::default();
+    b.set_opcode(Opcode::SCSI_DATA_OUT, false);
+    b.set_flags(if fin { 0x80 } else { 0 });
+    b.set_u32(16, itt);
+    b.set_u32(20, ttt);
+    b.set_u32(36, data_sn);
+    b.set_u32(40, offset);
+    b
+}
+
+fn nop_out_bhs(itt: u32, ttt: u32, cmd_sn: u32) -> Bhs {
+    let mut b = Bhs::default();
+    b.set_opcode(Opcode::NOP_OUT, true);
+    b.set_flags(0x80);
+    b.set_u32(16, itt);
+    b.set_u32(20, ttt);
+    b.set_u32(24, cmd_sn);
+    b
+}
+
+fn text_bhs(itt: u32, ttt: u32, cmd_sn: u32, fin: bool, cont: bool) -> Bhs {
+    let mut b = Bhs::default();
+    b.set_opcode(Opcode::TEXT_REQUEST, true);
+    b.set_flags(if fin { 0x80 } else { 0 } | if cont { 0x40 } else { 0 });
+    b.set_u32(16, itt);
+    b.set_u32(20, ttt);
+    b.set_u32(24, cmd_sn);
+    b
+}
+
+fn logout_bhs(itt: u32, reason: u8, cmd_sn: u32) -> Bhs {
+    let mut b = Bhs::default();
+    b.set_opcode(Opcode::LOGOUT_REQUEST, true);
+    b.set_flags(0x80 | reason);
+    b.set_u32(16, itt);
+    b.set_u32(24, cmd_sn);
+    b
+}
+
+/// A received target PDU.
+#[derive(Debug)]
+struct Rx {
+    bhs: Bhs,
+    data: Vec<u8>,
+}
+
+impl Rx {
+    fn op(&self) -> Opcode {
+        self.bhs.opcode()
+    }
+    fn text(&self) -> Vec<(String, String)> {
+        text::parse(&self.data)
+            .unwrap()
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect()
+    }
+    fn key(&self, k: &str) -> Option<String> {
+        self.text()
+            .into_iter()
+            .find(|(kk, _)| kk == k)
+            .map(|(_, v)| v)
+    }
+}
+
+struct Harness {
+    c: Connection<Vec<u8>>,
+    now: Instant,
+    hd: bool,
+    dd: bool,
+    cmd_sn: u32,
+    max_alloc: usize,
+    alloc_ok: bool,
+}
+
+impl Harness {
+    fn new(config: TargetConfig) -> Self {
+        let now = Instant::now();
+        Harness {
+            c: Connection::new(config, now),
+            now,
+            hd: false,
+            dd: false,
+            cmd_sn: 1,
+            max_alloc: 0,
+            alloc_ok: true,
+        }
+    }
+
+    fn input(&mut self, bytes: &[u8]) -> Result<usize, ConnectionError> {
+        let mut max = self.max_alloc;
+        let ok = self.alloc_ok;
+        let r = self.c.handle_input(bytes, self.now, &mut |n| {
+            max = max.max(n);
+            if ok {
+                Some(vec![0u8; n])
+            } else {
+                None
+            }
+        });
+        self.max_alloc = max;
+        r
+    }
+
+    fn send(&mut self, bhs: Bhs, ahs: &[u8], data: &[u8]) -> Result<usize, ConnectionError> {
+        let bytes = frame(&bhs, ahs, data, self.hd, self.dd);
+        let n = self.input(&bytes)?;
+        assert_eq!(n, bytes.len(), "whole PDU consumed");
+        Ok(n)
+    }
+
+    fn ok(&mut self, bhs: Bhs, data: &[u8]) {
+        self.send(bhs, &[], data).unwrap();
+    }
+
+    fn raw_output(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        while self.c.wants_write() {
+            let n = self.c.write_to(&mut out).unwrap();
+            assert!(n > 0);
+        }
+        out
+    }
+
+    /// Splits the target's output into PDUs, verifying digests.
+    fn recv(&mut self) -> Vec<Rx> {
+        let bytes = self.raw_output();
+        parse_target_pdus(&bytes, self.hd, self.dd)
+    }
+
+    fn events(&mut self) -> Vec<Event<Vec<u8>>> {
+        std::iter::from_fn(|| self.c.poll_event()).collect()
+    }
+
+    fn next_sn(&mut self) -> u32 {
+        let s = self.cmd_sn;
+        self.cmd_sn += 1;
+        s
+    }
+}
+
+fn parse_target_pdus(bytes: &[u8], hd: bool, dd: bool) -> Vec<Rx> {
+    let mut v = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let bhs = Bhs::from_prefix(&bytes[i..]).unwrap();
+        // Digests apply to everything but login responses.
+        let digests = bhs.opcode() != Opcode::LOGIN_RESPONSE;
+        let mut p = i + BHS_LEN + bhs.total_ahs_len();
+        if hd && digests {
+            let d = digest_from(bytes[p..p + 4].try_into().unwrap());
+            assert_eq!(d, crc32c_of(&[&bytes[i..p]]), "header digest");
+            p += 4;
+        }
+        let dsl = bhs.data_segment_len();
+        let data = bytes[p..p + dsl].to_vec();
+        let padded = &bytes[p..p + pad4(dsl)];
+        p += pad4(dsl);
+        if dd && digests && dsl > 0 {
+            let d = digest_from(bytes[p..p + 4].try_into().unwrap());
+            assert_eq!(d, crc32c_of(&[padded]), "data digest");
+            p += 4;
+        }
+        v.push(Rx { bhs, data });
+        i = p;
+    }
+    v
+}
+
+fn accept() -> LoginAccept {
+    LoginAccept {
+        tsih: 7,
+        target_portal_group_tag: 1,
+        target_alias: Some("rtgt".into()),
+    }
+}
+
+/// Normal session login: security stage then operational stage.
+fn login_normal(config: TargetConfig, op_keys: &str) -> Harness {
+    let mut h = Harness::new(config);
+    h.ok(
+        login_bhs(0, 1, true, false, 1, 1),
+        b"InitiatorName=iqn.1994-05.com.example:ini\0InitiatorAlias=ini\0TargetName=iqn.2024-01.org.rtgt:disk\0SessionType=Normal\0AuthMethod=None\0",
+    );
+    let ev = h.events();
+    match &ev[..] {
+        [Event::Login(info)] => {
+            assert_eq!(info.initiator_name, "iqn.1994-05.com.example:ini");
+            assert_eq!(
+                info.target_name.as_deref(),
+                Some("iqn.2024-01.org.rtgt:disk")
+            );
+            assert_eq!(info.isid, ISID);
+            assert_eq!(info.session_type, SessionType::Normal);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(h.recv().is_empty(), "no response before the target decides");
+    h.c.accept_login(accept());
+    let r = h.recv();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].op(), Opcode::LOGIN_RESPONSE);
+    assert_eq!(r[0].bhs.flags(), 0x80 | 1); // T, CSG 0, NSG 1
+    assert_eq!(r[0].key("AuthMethod").as_deref(), Some("None"));
+    assert_eq!(r[0].key("TargetPortalGroupTag").as_deref(), Some("1"));
+    h.ok(login_bhs(1, 3, true, false, 1, 1), op_keys.as_bytes());
+    let r = h.recv();
+    assert_eq!(r.len(), 1);
+    let resp = &r[0];
+    assert_eq!(resp.bhs.flags(), 0x80 | (1 << 2) | 3);
+    assert_eq!(resp.bhs.u16_at(14), 7, "TSIH in the final response");
+    assert_eq!(resp.bhs.u16_at(36), 0, "success");
+    assert!(resp.key("MaxRecvDataSegmentLength").is_some());
+    let ev = h.events();
+    match &ev[..] {
+        [Event::FullFeature(p)] => {
+            h.hd = p.header_digest;
+            h.dd = p.data_digest;
+            assert_eq!(p.tsih, 7);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(h.c.is_full_feature());
+    h
+}
+
+const OP_KEYS: &str = "HeaderDigest=None\0DataDigest=None\0InitialR2T=No\0ImmediateData=Yes\0MaxBurstLength=16384\0FirstBurstLength=8192\0MaxRecvDataSegmentLength=4096\0MaxOutstandingR2T=2\0";
+
+fn command_event(ev: Event<Vec<u8>>) -> ScsiCommand<Vec<u8>> {
+    match ev {
+        Event::Command(c) => c,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn garbage_before_login_closes_without_allocating() {
+    let mut h = Harness::new(TargetConfig::default());
+    let mut b = scsi_bhs(1, true, false, true, 512, 1, 0x28, false);
+    b.set_data_segment_len(1 << 20);
+    let err = h.input(&b.0).unwrap_err();
+    assert!(matches!(
+        err,
+        ConnectionError::LoginExpected(Opcode::SCSI_COMMAND)
+    ));
+    assert!(h.c.is_closed());
+    assert_eq!(h.max_alloc, 0);
+    // Even a partial header is recognised.
+    let mut h = Harness::new(TargetConfig::default());
+    assert!(h.input(b"GET / HTTP/1.1").is_err());
+}
+
+#[test]
+fn oversize_login_data_segment_is_refused() {
+    let mut h = Harness::new(TargetConfig::default());
+    let mut b = login_bhs(0, 1, true, false, 1, 1);
+    b.set_data_segment_len(8193);
+    let e = h.input(&b.0).unwrap_err();
+    assert!(matches!(
+        e,
+        ConnectionError::DataSegmentTooLong {
+            len: 8193,
+            limit: 8192
+        }
+    ));
+}
+
+#[test]
+fn incomplete_pdu_is_left_for_later() {
+    let mut h = Harness::new(TargetConfig::default());
+    let bytes = frame(
+        &login_bhs(1, 3, true, false, 1, 1),
+        &[],
+        b"InitiatorName=iqn.x\0SessionType=Discovery\0",
+        false,
+        false,
+    );
+    assert_eq!(h.input(&bytes[..30]).unwrap(), 0);
+    assert_eq!(h.input(&bytes[..bytes.len() - 1]).unwrap(), 0);
+    assert_eq!(h.input(&bytes).unwrap(), bytes.len());
+    assert!(matches!(h.events()[..], [Event::Login(_)]));
+}
+
+#[test]
+fn discovery_login_and_send_targets_with_continuation() {
+    let mut h = Harness::new(TargetConfig::default());
+    h.ok(
+        login_bhs(1, 3, true, false, 9, 5),
+        b"InitiatorName=iqn.x\0SessionType=Discovery\0MaxRecvDataSegmentLength=512\0HeaderDigest=None\0MaxBurstLength=4096\0",
+    );
+    match &h.events()[..] {
+        [Event::Login(i)] => {
+            assert_eq!(i.session_type, SessionType::Discovery);
+            assert!(i.target_name.is_none());
+        }
+        e => panic!("{e:?}"),
+    }
+    h.c.accept_login(accept());
+    let r = h.recv();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].bhs.u32_at(16), 9);
+    assert_eq!(r[0].key("MaxBurstLength").as_deref(), Some("Irrelevant"));
+    assert_eq!(r[0].key("TargetPortalGroupTag"), None);
+    assert_eq!(r[0].bhs.u32_at(28), 5, "ExpCmdSN from the login CmdSN");
+    assert!(matches!(h.events()[..], [Event::FullFeature(_)]));
+
+    // SendTargets=All, answer larger than 512 bytes -> continued.
+    h.ok(
+        text_bhs(20, RESERVED_TAG, 5, true, false),
+        b"SendTargets=All\0",
+    );
+    match &h.events()[..] {
+        [Event::SendTargets(SendTargetsScope::All)] => {}
+        e => panic!("{e:?}"),
+    }
+    let targets: Vec<(String, Vec<String>)> = (0..20)
+        .map(|i| {
+            (
+                format!("iqn.2024-01.org.rtgt:target-number-{i}"),
+                vec![
+                    format!("192.168.1.{i}:3260,1"),
+                    format!("[fe80::{i}]:3260,1"),
+                ],
+            )
+        })
+        .collect();
+    h.c.send_targets_response(&targets);
+    let mut all = Vec::new();
+    let mut pdus = 0;
+    loop {
+        let r = h.recv();
+        assert_eq!(r.len(), 1);
+        let p = &r[0];
+        assert_eq!(p.op(), Opcode::TEXT_RESPONSE);
+        assert!(p.data.len() <= 512);
+        all.extend_from_slice(&p.data);
+        pdus += 1;
+        if p.bhs.final_bit() {
+            assert_eq!(p.bhs.u32_at(20), RESERVED_TAG);
+            assert_eq!(p.bhs.flags() & 0x40, 0);
+            break;
+        }
+        assert_eq!(p.bhs.flags() & 0x40, 0x40, "C bit");
+        let ttt = p.bhs.u32_at(20);
+        assert_ne!(ttt, RESERVED_TAG);
+        h.ok(text_bhs(20, ttt, 5, true, false), b"");
+    }
+    assert!(pdus > 1);
+    let kv = text::parse(&all).unwrap();
+    assert_eq!(kv.iter().filter(|k| k.key == "TargetName").count(), 20);
+    assert_eq!(kv.iter().filter(|k| k.key == "TargetAddress").count(), 40);
+    assert_eq!(kv[0].value, "iqn.2024-01.org.rtgt:target-number-0");
+
+    // SCSI commands are not allowed in a discovery session.
+    let e = h.send(
+        scsi_bhs(1, true, false, true, 512, 5, 0x12, false),
+        &[],
+        &[],
+    );
+    assert!(matches!(e, Err(ConnectionError::DiscoverySession(_))));
+    let r = h.recv();
+    assert_eq!(r[0].op(), Opcode::REJECT);
+}
+
+#[test]
+fn text_request_continuation_and_unknown_keys() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    h.ok(
+        text_bhs(3, RESERVED_TAG, 1, false, true),
+        b"X-com.example.a=1\0Send",
+    );
+    let r = h.recv();
+    assert_eq!(r.len(), 1);
+    assert!(!r[0].bhs.final_bit() && r[0].data.is_empty());
+    let ttt = r[0].bhs.u32_at(20);
+    assert_ne!(ttt, RESERVED_TAG);
+    h.ok(text_bhs(3, ttt, 1, true, false), b"Targets=\0");
+    match &h.events()[..] {
+        [Event::SendTargets(SendTargetsScope::Session)] => {}
+        e => panic!("{e:?}"),
+    }
+    h.c.send_targets_response(&[("iqn.t".into(), vec!["10.0.0.1:3260,1".into()])]);
+    let r = h.recv();
+    assert_eq!(
+        r[0].key("X-com.example.a").as_deref(),
+        Some("NotUnderstood")
+    );
+    assert_eq!(r[0].key("TargetName").as_deref(), Some("iqn.t"));
+    assert!(r[0].bhs.final_bit());
+    // A named target and a login-only key.
+    h.ok(
+        text_bhs(4, RESERVED_TAG, 1, true, false),
+        b"SendTargets=iqn.other\0",
+    );
+    assert!(
+        matches!(&h.events()[..], [Event::SendTargets(SendTargetsScope::Target(n))] if n == "iqn.other")
+    );
+    h.ok(
+        text_bhs(5, RESERVED_TAG, 1, true, false),
+        b"MaxBurstLength=512\0",
+    );
+    let r = h.recv();
+    assert_eq!(
+        r.last().unwrap().key("MaxBurstLength").as_deref(),
+        Some("Reject")
+    );
+}
+
+#[test]
+fn normal_login_with_digests_and_read() {
+    let keys = "HeaderDigest=CRC32C,None\0DataDigest=CRC32C,None\0MaxRecvDataSegmentLength=8192\0";
+    let mut h = login_normal(TargetConfig::default(), keys);
+    assert!(h.hd && h.dd);
+    let sn = h.next_sn();
+    h.ok(
+        scsi_bhs(0x10, true, false, true, 1000, sn, 0x28, false),
+        &[],
+    );
+    let cmd = command_event(h.events().remove(0));
+    assert_eq!(cmd.itt, 0x10);
+    assert!(cmd.read && !cmd.write);
+    assert_eq!(cmd.cdb[0], 0x28);
+    assert_eq!(cmd.lun, 0x0001_0000_0000_0000);
+    let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+    h.c.complete_command(
+        0x10,
+        CommandResponse {
+            status: 0,
+            sense: vec![],
+            data: Some(data.clone()),
+            data_len: 1000,
+            residual: Residual::None,
+        },
+    );
+    let r = h.recv();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].op(), Opcode::SCSI_DATA_IN);
+    assert_eq!(r[0].data, data);
+    assert_eq!(r[0].bhs.flags() & 0x81, 0x81, "F and S");
+    // Buffer back to the pool after sending.
+    assert_eq!(h.c.poll_free_buffer().map(|b| b.len()), Some(1000));
+
+    // A corrupted header digest closes the connection.
+    let mut bytes = frame(&nop_out_bhs(5, RESERVED_TAG, 2), &[], &[], true, true);
+    bytes[BHS_LEN] ^= 1;
+    assert!(matches!(
+        h.input(&bytes),
+        Err(ConnectionError::HeaderDigest)
+    ));
+    assert!(h.c.is_closed());
+}
+
+#[test]
+fn data_digest_error_on_data_out_is_rejected() {
+    let keys = "HeaderDigest=None\0DataDigest=CRC32C\0InitialR2T=Yes\0";
+    let mut h = login_normal(TargetConfig::default(), keys);
+    assert!(h.dd && !h.hd);
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(1, false, true, true, 512, sn, 0x2a, false), &[]);
+    let r = h.recv();
+    assert_eq!(r[0].op(), Opcode::R2T);
+    let ttt = r[0].bhs.u32_at(20);
+    let mut bytes = frame(
+        &data_out_bhs(1, ttt, 0, 0, true),
+        &[],
+        &[7u8; 512],
+        false,
+        true,
+    );
+    let n = bytes.len();
+    bytes[n - 1] ^= 0xff;
+    assert_eq!(h.input(&bytes).unwrap(), n);
+    let r = h.recv();
+    assert_eq!(r[0].op(), Opcode::REJECT);
+    assert_eq!(r[0].bhs.0[2], RejectReason::DATA_DIGEST_ERROR.0);
+    assert_eq!(&r[0].data[..], &bytes[..BHS_LEN]);
+    assert!(h.events().is_empty());
+    // Resent correctly, the command completes.
+    h.ok(data_out_bhs(1, ttt, 0, 0, true), &[7u8; 512]);
+    let c = command_event(h.events().remove(0));
+    assert_eq!(c.data.unwrap(), vec![7u8; 512]);
+}
+
+#[test]
+fn write_gathering_immediate_unsolicited_and_r2t() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    let p = h.c.session_params().clone();
+    assert_eq!(p.max_burst_length, 16384);
+    assert_eq!(p.first_burst_length, 8192);
+    assert_eq!(p.initiator_max_recv_data_segment_length, 4096);
+    assert!(!p.initial_r2t && p.immediate_data);
+    let edtl = 8192 + 3 * 16384 + 100;
+    let payload: Vec<u8> = (0..edtl).map(|i| (i % 251) as u8).collect();
+    let sn = h.next_sn();
+    // Immediate data 2048, unsolicited Data-Out up to 8192 follows (F=0).
+    h.ok(
+        scsi_bhs(0x42, false, true, false, edtl, sn, 0x2a, false),
+        &payload[..2048],
+    );
+    assert!(
+        h.recv().is_empty(),
+        "no R2T while the unsolicited burst is open"
+    );
+    h.ok(
+        data_out_bhs(0x42, RESERVED_TAG, 0, 2048, false),
+        &payload[2048..6144],
+    );
+    h.ok(
+        data_out_bhs(0x42, RESERVED_TAG, 1, 6144, true),
+        &payload[6144..8192],
+    );
+    let r = h.recv();
+    assert_eq!(r.len(), 2, "MaxOutstandingR2T=2");
+    for (i, p) in r.iter().enumerate() {
+        assert_eq!(p.op(), Opcode::R2T);
+        assert_eq!(p.bhs.u32_at(36), i as u32, "R2TSN");
+        assert_eq!(p.bhs.u32_at(40), 8192 + 16384 * i as u32);
+        assert_eq!(p.bhs.u32_at(44), 16384);
+    }
+    let mut r2ts: Vec<(u32, u32, u32)> = r
+        .iter()
+        .map(|p| (p.bhs.u32_at(20), p.bhs.u32_at(40), p.bhs.u32_at(44)))
+        .collect();
+    let mut next_r2tsn = 2;
+    while let Some((ttt, off, len)) = r2ts.first().copied() {
+        r2ts.remove(0);
+        // Send the burst in 4096-byte PDUs.
+        let mut o = off;
+        let mut dsn = 0;
+        while o < off + len {
+            let n = 4096.min(off + len - o);
+            let fin = o + n == off + len;
+            h.ok(
+                data_out_bhs(0x42, ttt, dsn, o, fin),
+                &payload[o as usize..(o + n) as usize],
+            );
+            o += n;
+            dsn += 1;
+        }
+        for p in h.recv() {
+            assert_eq!(p.op(), Opcode::R2T);
+            assert_eq!(p.bhs.u32_at(36), next_r2tsn);
+            next_r2tsn += 1;
+            r2ts.push((p.bhs.u32_at(20), p.bhs.u32_at(40), p.bhs.u32_at(44)));
+        }
+    }
+    assert_eq!(next_r2tsn, 4);
+    let cmd = command_event(h.events().remove(0));
+    assert_eq!(cmd.expected_len, edtl);
+    assert_eq!(cmd.data.as_deref(), Some(&payload[..]));
+    // Hand the buffer back with the status.
+    h.c.complete_command(
+        0x42,
+        CommandResponse {
+            status: 0,
+            sense: vec![],
+            data: cmd.data,
+            data_len: 0,
+            residual: Residual::None,
+        },
+    );
+    let r = h.recv();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].op(), Opcode::SCSI_RESPONSE);
+    assert_eq!(r[0].bhs.u32_at(36), 4, "ExpDataSN = R2Ts sent");
+    assert_eq!(h.c.poll_free_buffer().map(|b| b.len()), Some(edtl as usize));
+    assert_eq!(h.c.outstanding_tasks(), 0);
+}
+
+#[test]
+fn write_with_all_immediate_data_is_delivered_at_once() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    let sn = h.next_sn();
+    h.ok(
+        scsi_bhs(1, false, true, true, 512, sn, 0x2a, false),
+        &[9u8; 512],
+    );
+    let c = command_event(h.events().remove(0));
+    assert_eq!(c.data.unwrap(), vec![9u8; 512]);
+    assert!(h.recv().is_empty());
+}
+
+#[test]
+fn bad_data_out_sequence_rejects_and_closes() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(1, false, true, true, 1024, sn, 0x2a, false), &[]);
+    let r = h.recv();
+    let ttt = r[0].bhs.u32_at(20);
+    let e = h.send(data_out_bhs(1, ttt, 1, 0, true), &[], &[0u8; 1024]);
+    assert!(matches!(e, Err(ConnectionError::Protocol(_))));
+    assert_eq!(h.recv()[0].op(), Opcode::REJECT);
+}
+
+#[test]
+fn unbufferable_write_is_delivered_without_data_and_data_out_discarded() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    h.alloc_ok = false;
+    let sn = h.next_sn();
+    h.ok(
+        scsi_bhs(1, false, true, false, 4096, sn, 0x2a, false),
+        &[1u8; 1024],
+    );
+    let c = command_event(h.events().remove(0));
+    assert!(c.write && c.data.is_none());
+    h.ok(data_out_bhs(1, RESERVED_TAG, 0, 1024, true), &[1u8; 3072]);
+    assert!(h.recv().is_empty());
+    // Too large for max_data_transfer: alloc is not even asked.
+    let mut h = login_normal(
+        TargetConfig {
+            max_data_transfer: 4096,
+            ..Default::default()
+        },
+        OP_KEYS,
+    );
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(1, false, true, true, 8192, sn, 0x2a, false), &[]);
+    assert_eq!(h.max_alloc, 0);
+    let c = command_event(h.events().remove(0));
+    assert!(c.data.is_none());
+    h.c.complete_command(
+        1,
+        CommandResponse {
+            status: 2,
+            sense: vec![0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x55, 0, 0, 0, 0, 0],
+            data: None,
+            data_len: 0,
+            residual: Residual::None,
+        },
+    );
+    let r = h.recv();
+    assert_eq!(r[0].op(), Opcode::SCSI_RESPONSE);
+    assert_eq!(r[0].bhs.0[3], 2);
+    assert_eq!(&r[0].data[..2], &[0, 18]);
+}
+
+#[test]
+fn data_in_splitting_and_phase_collapse() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    // MaxRecvDataSegmentLength 4096, MaxBurstLength 16384.
+    let len = 40000usize;
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(2, true, false, true, 65536, sn, 0x28, false), &[]);
+    let _ = h.events();
+    let data: Vec<u8> = (0..65536u32).map(|i| (i * 7) as u8).collect();
+    h.c.complete_command(
+        2,
+        CommandResponse {
+            status: 0,
+            sense: vec![],
+            data: Some(data.clone()),
+            data_len: len,
+            residual: Residual::Underflow(65536 - len as u32),
+        },
+    );
+    let r = h.recv();
+    assert_eq!(r.len(), 10); // 4+4 per burst of 16384, then 7232 -> 2
+    let mut got = Vec::new();
+    for (i, p) in r.iter().enumerate() {
+        assert_eq!(p.op(), Opcode::SCSI_DATA_IN);
+        assert_eq!(p.bhs.u32_at(36), i as u32, "DataSN");
+        assert_eq!(p.bhs.u32_at(40) as usize, got.len(), "BufferOffset");
+        assert!(p.data.len() <= 4096);
+        got.extend_from_slice(&p.data);
+        let end_of_burst = got.len() % 16384 == 0 || got.len() == len;
+        assert_eq!(p.bhs.final_bit(), end_of_burst, "F at burst ends, pdu {i}");
+        let last = i == r.len() - 1;
+        assert_eq!(p.bhs.flags() & 0x01 != 0, last, "S only on the last");
+        if last {
+            assert_eq!(p.bhs.flags() & 0x02, 0x02, "U");
+            assert_eq!(p.bhs.u32_at(44), 65536 - len as u32);
+        }
+    }
+    assert_eq!(got, data[..len]);
+
+    // With sense data the status goes in a separate SCSI Response.
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(3, true, false, true, 512, sn, 0x28, false), &[]);
+    let _ = h.events();
+    h.c.complete_command(
+        3,
+        CommandResponse {
+            status: 2,
+            sense: vec![0x70; 18],
+            data: Some(vec![1u8; 512]),
+            data_len: 512,
+            residual: Residual::None,
+        },
+    );
+    let r = h.recv();
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0].op(), Opcode::SCSI_DATA_IN);
+    assert_eq!(r[0].bhs.flags() & 0x01, 0);
+    assert_eq!(r[1].op(), Opcode::SCSI_RESPONSE);
+    assert_eq!(r[1].bhs.u32_at(36), 1, "ExpDataSN");
+    assert_eq!(r[1].data.len(), 20);
+    // StatSN increases by one per status.
+    let s_first = r[1].bhs.u32_at(24);
+    let sn = h.next_sn();
+    h.ok(nop_out_bhs(9, RESERVED_TAG, sn), &[]);
+    assert_eq!(h.recv()[0].bhs.u32_at(24), s_first + 1);
+}
+
+#[test]
+fn partial_writes_resume_correctly() {
+    struct Dribble(Vec<u8>);
+    impl Write for Dribble {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let n = b.len().min(7);
+            self.0.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(2, true, false, true, 10000, sn, 0x28, false), &[]);
+    let _ = h.events();
+    let data: Vec<u8> = (0..10000u32).map(|i| i as u8).collect();
+    h.c.complete_command(
+        2,
+        CommandResponse {
+            status: 0,
+            sense: vec![],
+            data: Some(data.clone()),
+            data_len: 10000,
+            residual: Residual::None,
+        },
+    );
+    let mut w = Dribble(Vec::new());
+    while h.c.wants_write() {
+        h.c.write_to(&mut w).unwrap();
+    }
+    let r = parse_target_pdus(&w.0, false, false);
+    let got: Vec<u8> = r.iter().flat_map(|p| p.data.clone()).collect();
+    assert_eq!(got, data);
+}
+
+#[test]
+fn cmd_sn_window_drop_and_ordering() {
+    let cfg = TargetConfig {
+        queue_depth: 4,
+        ..Default::default()
+    };
+    let mut h = login_normal(cfg, OP_KEYS);
+    // ExpCmdSN = 1, MaxCmdSN = 4.
+    h.ok(scsi_bhs(10, true, false, true, 0, 5, 0, false), &[]);
+    assert!(h.events().is_empty(), "CmdSN 5 outside the window: dropped");
+    assert!(h.recv().is_empty());
+    assert!(!h.c.is_closed());
+    // CmdSN 3 and 2 arrive before 1: held until 1 arrives.
+    h.ok(scsi_bhs(13, true, false, true, 0, 3, 0, false), &[]);
+    h.ok(scsi_bhs(12, true, false, true, 0, 2, 0, false), &[]);
+    assert!(h.events().is_empty());
+    // A duplicate of 3 is dropped.
+    h.ok(scsi_bhs(99, true, false, true, 0, 3, 0, false), &[]);
+    h.ok(scsi_bhs(11, true, false, true, 0, 1, 0, false), &[]);
+    let itts: Vec<u32> = h
+        .events()
+        .into_iter()
+        .map(|e| command_event(e).itt)
+        .collect();
+    assert_eq!(itts, vec![11, 12, 13]);
+    // Immediate command: not subject to ordering, CmdSN not advanced.
+    h.ok(scsi_bhs(20, true, false, true, 0, 4, 0, true), &[]);
+    assert_eq!(command_event(h.events().remove(0)).itt, 20);
+    // Four outstanding on a queue depth of 4: the window stays at MaxCmdSN 4.
+    for itt in [11, 12, 13, 20] {
+        h.c.complete_command(
+            itt,
+            CommandResponse {
+                status: 0,
+                sense: vec![],
+                data: None,
+                data_len: 0,
+                residual: Residual::None,
+            },
+        );
+    }
+    let r = h.recv();
+    assert_eq!(r.len(), 4);
+    let last = r.last().unwrap();
+    assert_eq!(last.bhs.u32_at(28), 4, "ExpCmdSN");
+    assert!(sn_lt(3, last.bhs.u32_at(32)) || last.bhs.u32_at(32) == 3);
+    assert_eq!(
+        last.bhs.u32_at(32),
+        7,
+        "MaxCmdSN = ExpCmdSN + depth - 1 once idle"
+    );
+}
+
+#[test]
+fn closed_window_drops_commands() {
+    let cfg = TargetConfig {
+        queue_depth: 2,
+        ..Default::default()
+    };
+    let mut h = login_normal(cfg, OP_KEYS);
+    // ExpCmdSN 1, MaxCmdSN 2: two commands fill the window.
+    h.ok(scsi_bhs(1, true, false, true, 0, 1, 0, false), &[]);
+    h.ok(scsi_bhs(2, true, false, true, 0, 2, 0, false), &[]);
+    assert_eq!(h.events().len(), 2);
+    // The NOP-In answer shows the closed window: MaxCmdSN = ExpCmdSN - 1.
+    h.ok(nop_out_bhs(7, RESERVED_TAG, 3), &[]);
+    let r = h.recv();
+    assert_eq!(r[0].bhs.u32_at(28), 3);
+    assert_eq!(r[0].bhs.u32_at(32), 2);
+    h.ok(scsi_bhs(3, true, false, true, 0, 3, 0, false), &[]);
+    assert!(h.events().is_empty(), "window closed");
+    h.c.complete_command(
+        1,
+        CommandResponse {
+            status: 0,
+            sense: vec![],
+            data: None,
+            data_len: 0,
+            residual: Residual::None,
+        },
+    );
+    let r = h.recv();
+    assert_eq!(r[0].bhs.u32_at(32), 3, "window reopens by one");
+    h.ok(scsi_bhs(3, true, false, true, 0, 3, 0, false), &[]);
+    assert_eq!(command_event(h.events().remove(0)).itt, 3);
+}
+
+#[test]
+fn nop_echo_and_idle_ping_timeout() {
+    let cfg = TargetConfig {
+        nop_interval: Some(Duration::from_secs(5)),
+        nop_count: 2,
+        ..Default::default()
+    };
+    let mut h = login_normal(cfg, OP_KEYS);
+    h.ok(nop_out_bhs(0x77, RESERVED_TAG, 1), b"ping!");
+    let r = h.recv();
+    assert_eq!(r[0].op(), Opcode::NOP_IN);
+    assert_eq!(r[0].bhs.itt(), 0x77);
+    assert_eq!(r[0].bhs.u32_at(20), RESERVED_TAG);
+    assert_eq!(r[0].data, b"ping!");
+
+    let start = h.now;
+    assert_eq!(h.c.poll_timeout(), Some(start + Duration::from_secs(5)));
+    h.c.handle_timeout(start + Duration::from_secs(4)).unwrap();
+    assert!(h.recv().is_empty());
+    h.c.handle_timeout(start + Duration::from_secs(5)).unwrap();
+    let r = h.recv();
+    assert_eq!(r[0].op(), Opcode::NOP_IN);
+    assert_eq!(r[0].bhs.itt(), RESERVED_TAG);
+    let ttt = r[0].bhs.u32_at(20);
+    assert_ne!(ttt, RESERVED_TAG);
+    // The answer resets the ping state.
+    h.now = start + Duration::from_secs(6);
+    h.ok(nop_out_bhs(RESERVED_TAG, ttt, 1), &[]);
+    assert_eq!(h.c.poll_timeout(), Some(start + Duration::from_secs(11)));
+    // Silence: ping at 11 and 16, give up at 21.
+    h.c.handle_timeout(start + Duration::from_secs(11)).unwrap();
+    h.c.handle_timeout(start + Duration::from_secs(16)).unwrap();
+    assert_eq!(h.recv().len(), 2);
+    let e =
+        h.c.handle_timeout(start + Duration::from_secs(21))
+            .unwrap_err();
+    assert!(matches!(e, ConnectionError::NopTimeout(2)));
+    assert!(h.c.is_closed());
+}
+
+#[test]
+fn login_timeout() {
+    let mut h = Harness::new(TargetConfig::default());
+    let start = h.now;
+    assert_eq!(h.c.poll_timeout(), Some(start + Duration::from_secs(15)));
+    h.c.handle_timeout(start + Duration::from_secs(14)).unwrap();
+    let e =
+        h.c.handle_timeout(start + Duration::from_secs(15))
+            .unwrap_err();
+    assert!(matches!(e, ConnectionError::LoginTimeout(_)));
+    assert!(h.c.is_closed());
+}
+
+#[test]
+fn logout_closes_after_flush() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    h.ok(logout_bhs(0x55, 0, 1), &[]);
+    assert!(matches!(h.events()[..], [Event::Logout { reason: 0 }]));
+    assert!(!h.c.is_closed(), "response not flushed yet");
+    let r = h.recv();
+    assert_eq!(r[0].op(), Opcode::LOGOUT_RESPONSE);
+    assert_eq!(r[0].bhs.itt(), 0x55);
+    assert_eq!(r[0].bhs.0[2], 0);
+    assert_eq!(r[0].bhs.u16_at(40), 2, "Time2Wait");
+    assert!(h.c.is_closed());
+}
+
+#[test]
+fn unknown_opcode_and_snack_are_rejected() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    let mut b = Bhs::default();
+    b.set_opcode(Opcode(0x1c), false);
+    b.set_u32(16, 3);
+    h.ok(b, &[]);
+    let r = h.recv();
+    assert_eq!(r[0].op(), Opcode::REJECT);
+    assert_eq!(r[0].bhs.0[2], RejectReason::COMMAND_NOT_SUPPORTED.0);
+    assert_eq!(r[0].bhs.itt(), RESERVED_TAG);
+    assert_eq!(Bhs::from_prefix(&r[0].data).unwrap().opcode(), Opcode(0x1c));
+    let mut s = Bhs::default();
+    s.set_opcode(Opcode::SNACK_REQUEST, false);
+    h.ok(s, &[]);
+    assert_eq!(h.recv()[0].op(), Opcode::REJECT);
+    assert!(!h.c.is_closed());
+}
+
+#[test]
+fn oversize_data_segment_after_login() {
+    let cfg = TargetConfig {
+        max_recv_data_segment_length: 8192,
+        ..Default::default()
+    };
+    let mut h = login_normal(cfg, OP_KEYS);
+    assert_eq!(h.c.max_pdu_len(), 48 + 1020 + 4 + 8192 + 4);
+    let mut b = nop_out_bhs(1, RESERVED_TAG, 1);
+    b.set_data_segment_len(8196);
+    let e = h.input(&b.0).unwrap_err();
+    assert!(matches!(
+        e,
+        ConnectionError::DataSegmentTooLong {
+            len: 8196,
+            limit: 8192
+        }
+    ));
+    assert_eq!(h.recv()[0].op(), Opcode::REJECT);
+}
+
+#[test]
+fn extended_cdb_and_too_long_cdb() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    let mut ahs = vec![0u8, 17, 1, 0];
+    ahs.extend(0..16u8);
+    let sn = h.next_sn();
+    h.send(
+        scsi_bhs(1, true, false, true, 0, sn, 0x7f, false),
+        &ahs,
+        &[],
+    )
+    .unwrap();
+    let c = command_event(h.events().remove(0));
+    assert_eq!(c.cdb_len, 32);
+    assert_eq!(c.ext_cdb[15], 15);
+    // 40-byte CDB: 24 extended bytes -> Reject, CmdSN consumed.
+    let mut ahs = vec![0u8, 25, 1, 0];
+    ahs.extend(0..24u8);
+    ahs.extend([0u8; 0]);
+    assert_eq!(ahs.len(), 28);
+    let sn = h.next_sn();
+    h.send(
+        scsi_bhs(2, true, false, true, 0, sn, 0x7f, false),
+        &ahs,
+        &[],
+    )
+    .unwrap();
+    assert!(h.events().is_empty());
+    let r = h.recv();
+    assert_eq!(r[0].op(), Opcode::REJECT);
+    assert_eq!(
+        r[0].bhs.u32_at(28),
+        3,
+        "ExpCmdSN advanced past the rejected command"
+    );
+}
+
+#[test]
+fn task_management_and_abort() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(1, false, true, true, 65536, sn, 0x2a, false), &[]);
+    assert!(!h.recv().is_empty());
+    let mut t = Bhs::default();
+    t.set_opcode(Opcode::TASK_MGMT_REQUEST, true);
+    t.set_flags(0x80 | 1);
+    t.set_u32(16, 50);
+    t.set_u32(20, 1);
+    t.set_u32(24, 2);
+    h.ok(t, &[]);
+    match &h.events()[..] {
+        [Event::TaskManagement(tm)] => {
+            assert_eq!(tm.function, 1);
+            assert_eq!(tm.referenced_itt, 1);
+        }
+        e => panic!("{e:?}"),
+    }
+    h.c.abort_task(1);
+    assert_eq!(h.c.poll_free_buffer().map(|b| b.len()), Some(65536));
+    h.c.task_management_response(50, 0);
+    let r = h.recv();
+    assert_eq!(r[0].op(), Opcode::TASK_MGMT_RESPONSE);
+    assert_eq!(r[0].bhs.itt(), 50);
+    // Late Data-Out for the aborted task is discarded; late completion ignored.
+    h.ok(data_out_bhs(1, 1, 0, 0, true), &[0u8; 512]);
+    h.c.complete_command(
+        1,
+        CommandResponse {
+            status: 0,
+            sense: vec![],
+            data: Some(vec![0u8; 4]),
+            data_len: 0,
+            residual: Residual::None,
+        },
+    );
+    assert!(h.recv().is_empty());
+    assert_eq!(h.c.poll_free_buffer().map(|b| b.len()), Some(4));
+}
+
+#[test]
+fn login_rejected_by_target() {
+    let mut h = Harness::new(TargetConfig::default());
+    h.ok(
+        login_bhs(0, 1, true, false, 1, 1),
+        b"InitiatorName=iqn.i\0TargetName=iqn.nope\0",
+    );
+    assert!(matches!(h.events()[..], [Event::Login(_)]));
+    h.c.reject_login(LoginStatus::TARGET_NOT_FOUND);
+    assert!(!h.c.is_closed());
+    let r = h.recv();
+    assert_eq!(r[0].op(), Opcode::LOGIN_RESPONSE);
+    assert_eq!(r[0].bhs.u16_at(36), 0x0203);
+    assert!(h.c.is_closed());
+}
+
+#[test]
+fn login_failure_missing_initiator_name() {
+    let mut h = Harness::new(TargetConfig::default());
+    let e = h.send(
+        login_bhs(1, 3, true, false, 1, 1),
+        &[],
+        b"TargetName=iqn.t\0",
+    );
+    assert!(matches!(
+        e,
+        Err(ConnectionError::LoginFailed(LoginStatus::MISSING_PARAMETER))
+    ));
+    let r = h.recv();
+    assert_eq!(r[0].bhs.u16_at(36), 0x0207);
+    assert!(h.c.is_closed());
+}
+
+#[test]
+fn non_login_pdu_during_login_fails() {
+    let mut h = Harness::new(TargetConfig::default());
+    h.ok(
+        login_bhs(0, 1, false, false, 1, 1),
+        b"InitiatorName=iqn.i\0SessionType=Discovery\0",
+    );
+    h.c.accept_login(accept());
+    let _ = h.recv();
+    let e = h.send(nop_out_bhs(1, RESERVED_TAG, 1), &[], &[]);
+    assert!(matches!(e, Err(ConnectionError::InvalidDuringLogin(_))));
+    assert_eq!(h.recv()[0].bhs.u16_at(36), 0x020b);
+}
+
+#[test]
+fn login_continuation_and_security_stage_stays() {
+    let mut h = Harness::new(TargetConfig::default());
+    h.ok(login_bhs(0, 1, false, true, 1, 1), b"InitiatorName=iqn.");
+    let r = h.recv();
+    assert_eq!(r.len(), 1);
+    assert!(r[0].data.is_empty());
+    assert_eq!(r[0].bhs.flags() & 0xc0, 0);
+    h.ok(
+        login_bhs(0, 1, false, false, 1, 1),
+        b"i\0SessionType=Discovery\0AuthMethod=None\0",
+    );
+    assert!(matches!(h.events()[..], [Event::Login(_)]));
+    h.c.accept_login(accept());
+    let r = h.recv();
+    assert_eq!(r[0].bhs.flags() & 0x80, 0, "no transit requested");
+    h.ok(login_bhs(0, 3, true, false, 1, 1), b"");
+    let r = h.recv();
+    assert_eq!(r[0].bhs.flags(), 0x83);
+    assert!(r[0].key("MaxRecvDataSegmentLength").is_some());
+    assert!(h.c.is_full_feature());
+    let _ = Stage::FULL_FEATURE_PHASE;
+}
+
+fn arbitrary_input_is_safe(mut h: Harness, data: &[u8], chunk: usize) {
+    let cap = h.c.config.max_data_transfer as usize;
+    let mut buf = Vec::new();
+    for piece in data.chunks(chunk.max(1)) {
+        buf.extend_from_slice(piece);
+        match h.input(&buf) {
+            Ok(n) => {
+                buf.drain(..n);
+            }
+            Err(_) => break,
+        }
+        assert!(buf.len() <= h.c.max_pdu_len() + chunk);
+        let _ = h.raw_output();
+        let _ = h.events();
+    }
+    assert!(h.max_alloc <= cap);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn arbitrary_bytes_before_login(data in proptest::collection::vec(any::<u8>(), 0..4096), chunk in 1usize..600) {
+        arbitrary_input_is_safe(Harness::new(TargetConfig::default()), &data, chunk);
+    }
+
+    #[test]
+    fn arbitrary_login_text(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let mut h = Harness::new(TargetConfig::default());
+        let _ = h.send(login_bhs(0, 1, true, false, 1, 1), &[], &data);
+        let _ = h.raw_output();
+        let _ = h.events();
+        h.c.accept_login(accept());
+        let _ = h.raw_output();
+    }
+
+    #[test]
+    fn arbitrary_bytes_after_login(
+        data in proptest::collection::vec(any::<u8>(), 0..8192),
+        chunk in 1usize..2000,
+        opcode in prop_oneof![Just(0u8), Just(1), Just(2), Just(4), Just(5), Just(6), Just(0x10), any::<u8>()],
+    ) {
+        let h = login_normal(TargetConfig { max_data_transfer: 1 << 20, ..Default::default() }, OP_KEYS);
+        // Start with a plausible header so the state machine gets exercised.
+        let mut bytes = data.clone();
+        if bytes.len() >= 48 {
+            bytes[0] = opcode & 0x7f;
+            bytes[4] %= 8;
+            bytes[5] = 0;
+            bytes[6] %= 0x20;
+        }
+        arbitrary_input_is_safe(h, &bytes, chunk);
+    }
+
+    #[test]
+    fn structured_commands_never_panic(
+        cmds in proptest::collection::vec(
+            (any::<u32>(), any::<bool>(), any::<bool>(), any::<bool>(), 0u32..200_000, 0u32..12, any::<bool>(), 0usize..9000),
+            1..20),
+    ) {
+        let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+        for (itt, r, w, f, edtl, sn, imm, dlen) in cmds {
+            let data = vec![0u8; dlen.min(4096)];
+            let _ = h.send(scsi_bhs(itt % 8, r, w, f, edtl, sn, 0x2a, imm), &[], &data);
+            let _ = h.send(data_out_bhs(itt % 8, RESERVED_TAG, 0, dlen as u32, f), &[], &data);
+            let _ = h.raw_output();
+            for e in h.events() {
+                if let Event::Command(c) = e {
+                    h.c.complete_command(c.itt, CommandResponse {
+                        status: 0, sense: vec![], data: c.data.or(Some(vec![0u8; 100])), data_len: 100, residual: Residual::None,
+                    });
+                }
+            }
+            let _ = h.raw_output();
+            prop_assert!(h.max_alloc <= h.c.config.max_data_transfer as usize);
+        }
+    }
+}

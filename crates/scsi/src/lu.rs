@@ -1,0 +1,613 @@
+//! Logical units: configuration, unit attentions and command dispatch (SAM-5 §4.6,
+//! SPC-4 §5.14).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
+
+use crate::cdb::{Cdb, CdbError, Opcode};
+use crate::sense::{Asc, Sense, SenseKey};
+use crate::status::Status;
+use crate::{sbc, spc};
+
+/// Peripheral device type of an LU (SPC-4 §6.6.2, table 141).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceType {
+    /// Direct access block device, type 0x00 (SBC-3).
+    Disk,
+    /// Storage array controller, type 0x0c: tgt's LUN 0 "controller" LU (SCC-2).
+    Controller,
+}
+
+impl DeviceType {
+    /// PERIPHERAL DEVICE TYPE field value.
+    pub fn peripheral_type(self) -> u8 {
+        match self {
+            DeviceType::Disk => 0x00,
+            DeviceType::Controller => 0x0c,
+        }
+    }
+}
+
+/// Parameters of one LU as tgtadm sets them (`--op new/update --mode logicalunit`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LuConfig {
+    pub device_type: DeviceType,
+    /// Bytes (from the store; 0 for the controller).
+    pub size: u64,
+    /// 512 or 4096 (tgtadm -y).
+    pub block_size: u32,
+    /// tgt: "IET" (space padded to 8).
+    pub vendor_id: String,
+    /// tgt: "VIRTUAL-DISK" for disks, "Controller" for LUN 0 (padded to 16).
+    pub product_id: String,
+    /// tgt: "0001".
+    pub product_rev: String,
+    /// tgt: "IET     " + format!("{:04x}{:04x}", tid, lun).
+    pub scsi_id: String,
+    /// tgt: "beaf" + tid + lun digits, e.g. "beaf11".
+    pub scsi_sn: String,
+    pub readonly: bool,
+    pub removable: bool,
+    pub online: bool,
+    pub thin_provisioning: bool,
+    /// WCE in the caching mode page (SBC-3 §6.4.5); default true.
+    pub write_cache: bool,
+    /// Largest transfer accepted, in bytes (Block Limits VPD MAXIMUM TRANSFER LENGTH =
+    /// this / block_size).
+    pub max_transfer: u32,
+}
+
+/// Default largest transfer: 8 MiB.
+pub const DEFAULT_MAX_TRANSFER: u32 = 8 << 20;
+
+impl LuConfig {
+    /// tgt's defaults for a disk LU `lun` in target `tid` (size 0 until a store is attached).
+    pub fn disk_defaults(tid: u32, lun: u64) -> LuConfig {
+        LuConfig {
+            device_type: DeviceType::Disk,
+            size: 0,
+            block_size: 512,
+            vendor_id: "IET".to_string(),
+            product_id: "VIRTUAL-DISK".to_string(),
+            product_rev: "0001".to_string(),
+            scsi_id: format!("IET     {:04x}{:04x}", tid, lun),
+            scsi_sn: format!("beaf{}{}", tid, lun),
+            readonly: false,
+            removable: false,
+            online: true,
+            thin_provisioning: false,
+            write_cache: true,
+            max_transfer: DEFAULT_MAX_TRANSFER,
+        }
+    }
+
+    /// tgt's LUN 0 controller LU of target `tid`.
+    pub fn controller_defaults(tid: u32) -> LuConfig {
+        LuConfig {
+            device_type: DeviceType::Controller,
+            product_id: "Controller".to_string(),
+            ..LuConfig::disk_defaults(tid, 0)
+        }
+    }
+
+    /// Block size actually used for arithmetic: never 0, so a bad config cannot divide by zero.
+    pub(crate) fn block_len(&self) -> u32 {
+        self.block_size.max(1)
+    }
+
+    /// Number of logical blocks (SBC-3 §4.5).
+    pub fn num_blocks(&self) -> u64 {
+        self.size / u64::from(self.block_len())
+    }
+}
+
+/// An I_T nexus (one iSCSI session) as the LU sees it, for unit attentions and
+/// (later) reservations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NexusId(pub u64);
+
+/// Most unit attentions queued per I_T nexus; further ones are dropped (SAM-5 §5.14
+/// lets a logical unit limit the queue).
+pub const UA_QUEUE_MAX: usize = 16;
+
+/// One logical unit: its configuration and per-nexus unit-attention queues, each
+/// behind this LU's own lock (never a global one).
+pub struct LogicalUnit {
+    lun: u64,
+    config: RwLock<LuConfig>,
+    state: Mutex<LuState>,
+}
+
+/// Mutable per-LU state that commands change.
+struct LuState {
+    nexuses: BTreeMap<NexusId, NexusState>,
+    /// False after START STOP UNIT with LOEJ=1, START=0 on a removable LU (SBC-3 §5.20).
+    medium_loaded: bool,
+}
+
+/// What the LU remembers about one I_T nexus.
+#[derive(Default)]
+struct NexusState {
+    /// Pending unit attentions, oldest first (SAM-5 §5.14).
+    unit_attentions: VecDeque<Asc>,
+    /// PREVENT ALLOW MEDIUM REMOVAL with PREVENT=1 is in effect (SBC-3 §5.5).
+    prevent_removal: bool,
+}
+
+impl std::fmt::Debug for LogicalUnit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogicalUnit")
+            .field("lun", &self.lun)
+            .field("config", &*self.cfg())
+            .finish()
+    }
+}
+
+/// One SCSI command as the transport delivers it.
+pub struct Command<'a> {
+    pub nexus: NexusId,
+    /// 6..=32 bytes; anything shorter than the opcode's CDB length gives ILLEGAL
+    /// REQUEST / INVALID FIELD IN CDB (never a panic).
+    pub cdb: &'a [u8],
+    /// Write data gathered from the initiator (parameter lists for MODE SELECT, data
+    /// for WRITE). May be shorter than the CDB asks (iSCSI underflow).
+    pub data_out: &'a [u8],
+}
+
+/// What [`LogicalUnit::execute`] decided.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Finished: data-in (if any) is in the caller's buffer.
+    Done(Response),
+    /// Run this on the backing store, then call [`LogicalUnit::complete_io`].
+    Io(IoPlan),
+}
+
+/// Final status of a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: Status,
+    pub sense: Option<Sense>,
+    /// Bytes of data-in produced (the full amount the command would return, before
+    /// truncation to data_in.len(); the caller sends min(this, data_in.len()) and
+    /// computes the iSCSI residual from this figure).
+    pub data_in_len: usize,
+}
+
+impl Response {
+    /// GOOD with `data_in_len` bytes of data-in.
+    pub fn good(data_in_len: usize) -> Response {
+        Response {
+            status: Status::GOOD,
+            sense: None,
+            data_in_len,
+        }
+    }
+
+    /// CHECK CONDITION with `sense`, no data-in.
+    pub fn check_condition(sense: Sense) -> Response {
+        Response {
+            status: Status::CHECK_CONDITION,
+            sense: Some(sense),
+            data_in_len: 0,
+        }
+    }
+
+    /// CHECK CONDITION with a key and ASC/ASCQ.
+    pub fn check(key: SenseKey, asc: Asc) -> Response {
+        Response::check_condition(Sense::new(key, asc))
+    }
+}
+
+/// What a plan asks the backing store to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoKind {
+    Read,
+    Write,
+    /// Flush the store's cache (SYNCHRONIZE CACHE, SBC-3 §5.22).
+    Flush,
+}
+
+/// I/O for the caller to run on the backing store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoPlan {
+    pub kind: IoKind,
+    /// Byte offset on the store.
+    pub offset: u64,
+    /// Bytes = blocks * block_size, capped to the caller's buffer (0 for Flush); reads
+    /// put data at data_in[0..len]; writes take data_out[0..len].
+    pub len: usize,
+    /// Force unit access (SBC-3 §5.11): write through / read from the medium.
+    pub fua: bool,
+    /// Bytes the CDB's TRANSFER LENGTH asks for (blocks * block_size). `len` is less
+    /// when the iSCSI buffer is shorter; the difference is the iSCSI residual
+    /// (RFC 7143 §11.4.5.2). 0 for Flush.
+    pub transfer_len: usize,
+}
+
+/// Linux errno values the store may return (asm-generic/errno-base.h).
+pub mod errno {
+    pub const EIO: i32 = 5;
+    pub const ENOSPC: i32 = 28;
+    pub const EROFS: i32 = 30;
+    pub const EDQUOT: i32 = 122;
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves the queues consistent (every
+    // update is a single push/pop), so poisoning is ignored rather than propagated.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl LogicalUnit {
+    pub fn new(lun: u64, config: LuConfig) -> LogicalUnit {
+        LogicalUnit {
+            lun,
+            config: RwLock::new(config),
+            state: Mutex::new(LuState {
+                nexuses: BTreeMap::new(),
+                medium_loaded: true,
+            }),
+        }
+    }
+
+    pub fn lun(&self) -> u64 {
+        self.lun
+    }
+
+    /// A clone of the current configuration.
+    pub fn config(&self) -> LuConfig {
+        self.cfg().clone()
+    }
+
+    pub(crate) fn cfg(&self) -> RwLockReadGuard<'_, LuConfig> {
+        self.config.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// tgtadm --op update: change params; raises the unit attentions SPC-4 requires on
+    /// every nexus: CAPACITY DATA HAS CHANGED (SBC-3 §4.6) for size/block size,
+    /// INQUIRY DATA HAS CHANGED (SPC-4 §6.6.1) for identification, MODE PARAMETERS
+    /// CHANGED (SPC-4 §6.11) for WCE or write protection.
+    pub fn update(&self, f: impl FnOnce(&mut LuConfig)) {
+        let mut raised = Vec::new();
+        {
+            let mut cfg = self.config.write().unwrap_or_else(|e| e.into_inner());
+            let old = cfg.clone();
+            f(&mut cfg);
+            if old.size != cfg.size || old.block_size != cfg.block_size {
+                raised.push(Asc::CAPACITY_DATA_HAS_CHANGED);
+            }
+            if old.vendor_id != cfg.vendor_id
+                || old.product_id != cfg.product_id
+                || old.product_rev != cfg.product_rev
+                || old.scsi_id != cfg.scsi_id
+                || old.scsi_sn != cfg.scsi_sn
+                || old.removable != cfg.removable
+                || old.device_type != cfg.device_type
+                || old.thin_provisioning != cfg.thin_provisioning
+                || old.max_transfer != cfg.max_transfer
+            {
+                raised.push(Asc::INQUIRY_DATA_HAS_CHANGED);
+            }
+            if old.write_cache != cfg.write_cache || old.readonly != cfg.readonly {
+                raised.push(Asc::MODE_PARAMETERS_CHANGED);
+            }
+        }
+        for asc in raised {
+            self.raise_unit_attention(asc);
+        }
+    }
+
+    /// A new I_T nexus sees a POWER ON, RESET unit attention first (as tgt does,
+    /// SAM-5 §6.3.1).
+    pub fn add_nexus(&self, nexus: NexusId) {
+        let mut unit_attentions = VecDeque::with_capacity(UA_QUEUE_MAX);
+        unit_attentions.push_back(Asc::POWER_ON_RESET);
+        lock(&self.state).nexuses.insert(
+            nexus,
+            NexusState {
+                unit_attentions,
+                prevent_removal: false,
+            },
+        );
+    }
+
+    /// I_T nexus loss: forget its unit attentions and its medium removal prevention
+    /// (SBC-3 §5.5).
+    pub fn remove_nexus(&self, nexus: NexusId) {
+        lock(&self.state).nexuses.remove(&nexus);
+    }
+
+    /// Queue a unit attention for every nexus (e.g. REPORTED LUNS DATA HAS CHANGED
+    /// when the target's LUN set changes). A condition already queued is not repeated.
+    pub fn raise_unit_attention(&self, asc: Asc) {
+        for n in lock(&self.state).nexuses.values_mut() {
+            let q = &mut n.unit_attentions;
+            if !q.contains(&asc) && q.len() < UA_QUEUE_MAX {
+                q.push_back(asc);
+            }
+        }
+    }
+
+    /// LOGICAL UNIT RESET / target reset effect (SAM-5 §6.3): clears queued UAs and
+    /// posts `asc` (BUS DEVICE RESET / POWER ON RESET) to all nexuses; also ends
+    /// medium removal prevention (SBC-3 §5.5).
+    pub fn reset(&self, asc: Asc) {
+        for n in lock(&self.state).nexuses.values_mut() {
+            n.unit_attentions.clear();
+            n.unit_attentions.push_back(asc);
+            n.prevent_removal = false;
+        }
+    }
+
+    /// Dequeue the oldest unit attention pending for `nexus`.
+    pub(crate) fn take_unit_attention(&self, nexus: NexusId) -> Option<Asc> {
+        lock(&self.state)
+            .nexuses
+            .get_mut(&nexus)
+            .and_then(|n| n.unit_attentions.pop_front())
+    }
+
+    /// Drop a specific pending unit attention (REPORT LUNS clears REPORTED LUNS DATA
+    /// HAS CHANGED, SPC-4 §6.33).
+    pub(crate) fn clear_unit_attention(&self, nexus: NexusId, asc: Asc) {
+        if let Some(n) = lock(&self.state).nexuses.get_mut(&nexus) {
+            n.unit_attentions.retain(|a| *a != asc);
+        }
+    }
+
+    /// Unit attentions pending for `nexus`, oldest first (for tests and management).
+    pub fn pending_unit_attentions(&self, nexus: NexusId) -> Vec<Asc> {
+        lock(&self.state)
+            .nexuses
+            .get(&nexus)
+            .map(|n| n.unit_attentions.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Data-out bytes the CDB asks for (TRANSFER LENGTH × block size for WRITE), for
+    /// the transport's residual computation (RFC 7143 §11.4.5.2); 0 when none.
+    pub fn data_out_len(&self, cdb: &[u8]) -> usize {
+        match Cdb::decode(cdb) {
+            Ok(Cdb::Write { blocks, .. }) => {
+                let bytes = u64::from(blocks) * u64::from(self.cfg().block_len());
+                usize::try_from(bytes).unwrap_or(usize::MAX)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Execute a command. Emulated commands write their data-in into `data_in` (a
+    /// caller buffer of `data_in.len()` bytes = the initiator's expected transfer
+    /// length, capped by the caller) and return Done. Data commands return Io with a
+    /// plan. Unit attention, readonly, offline and range checks happen here.
+    pub fn execute(&self, cmd: &Command<'_>, data_in: &mut [u8]) -> Outcome {
+        Outcome::from(self.execute_inner(cmd, data_in))
+    }
+
+    fn execute_inner(&self, cmd: &Command<'_>, data_in: &mut [u8]) -> Result<Outcome, Sense> {
+        let Some(&op) = cmd.cdb.first() else {
+            return Err(CdbError::TooShort { opcode: 0, len: 0 }.sense());
+        };
+        let op = Opcode(op);
+        // SAM-5 §5.14 / SPC-4 §5.14: a pending unit attention terminates any command
+        // but INQUIRY, REPORT LUNS and REQUEST SENSE, and is cleared by being reported.
+        if !matches!(
+            op,
+            Opcode::INQUIRY | Opcode::REPORT_LUNS | Opcode::REQUEST_SENSE
+        ) {
+            if let Some(asc) = self.take_unit_attention(cmd.nexus) {
+                return Err(Sense::new(SenseKey::UNIT_ATTENTION, asc));
+            }
+        }
+        let cfg = self.cfg();
+        // tgt's LUN 0 controller implements only the SPC basics.
+        if cfg.device_type == DeviceType::Controller
+            && !matches!(
+                op,
+                Opcode::INQUIRY
+                    | Opcode::REPORT_LUNS
+                    | Opcode::REQUEST_SENSE
+                    | Opcode::TEST_UNIT_READY
+            )
+        {
+            return Err(CdbError::UnsupportedOpcode(op.0).sense());
+        }
+        let cdb = Cdb::decode(cmd.cdb).map_err(|e| e.sense())?;
+        let done = |n: usize| Ok(Outcome::Done(Response::good(n)));
+        // NOT READY: offline LU or ejected medium.
+        let ready = |cfg: &LuConfig| {
+            check_ready(cfg)?;
+            if lock(&self.state).medium_loaded {
+                Ok(())
+            } else {
+                Err(Sense::new(SenseKey::NOT_READY, Asc::MEDIUM_NOT_PRESENT))
+            }
+        };
+        match cdb {
+            Cdb::TestUnitReady => {
+                ready(&cfg)?;
+                done(0)
+            }
+            Cdb::Inquiry {
+                evpd,
+                page_code,
+                allocation_length,
+            } => done(spc::inquiry(
+                &cfg,
+                evpd,
+                page_code,
+                allocation_length,
+                data_in,
+            )?),
+            Cdb::RequestSense {
+                desc,
+                allocation_length,
+            } => {
+                let sense = match self.take_unit_attention(cmd.nexus) {
+                    Some(asc) => Sense::new(SenseKey::UNIT_ATTENTION, asc),
+                    None => Sense::new(SenseKey::NO_SENSE, Asc::NO_ADDITIONAL_SENSE),
+                };
+                done(spc::request_sense(&sense, desc, allocation_length, data_in))
+            }
+            Cdb::ReportLuns {
+                select_report,
+                allocation_length,
+            } => done(spc::report_luns(
+                [self.lun],
+                select_report,
+                allocation_length,
+                data_in,
+            )?),
+            Cdb::ModeSense {
+                ten,
+                dbd,
+                llbaa,
+                pc,
+                page_code,
+                subpage_code,
+                allocation_length,
+            } => done(spc::mode_sense(
+                &cfg,
+                spc::ModeSenseArgs {
+                    ten,
+                    dbd,
+                    llbaa,
+                    pc,
+                    page_code,
+                    subpage_code,
+                    allocation_length,
+                },
+                data_in,
+            )?),
+            Cdb::ReadCapacity10 { lba, pmi } => {
+                ready(&cfg)?;
+                done(sbc::read_capacity_10(&cfg, lba, pmi, data_in)?)
+            }
+            Cdb::ReadCapacity16 {
+                lba,
+                pmi,
+                allocation_length,
+            } => {
+                ready(&cfg)?;
+                done(sbc::read_capacity_16(
+                    &cfg,
+                    lba,
+                    pmi,
+                    allocation_length,
+                    data_in,
+                )?)
+            }
+            Cdb::Read { .. }
+            | Cdb::Write { .. }
+            | Cdb::Verify { .. }
+            | Cdb::SynchronizeCache { .. } => {
+                ready(&cfg)?;
+                sbc::plan(&cfg, &cdb, op, data_in.len(), cmd.data_out.len())
+            }
+            Cdb::StartStopUnit {
+                power_condition,
+                loej,
+                start,
+                ..
+            } => {
+                self.start_stop_unit(&cfg, power_condition, loej, start)?;
+                done(0)
+            }
+            Cdb::PreventAllowMediumRemoval { prevent } => {
+                if let Some(n) = lock(&self.state).nexuses.get_mut(&cmd.nexus) {
+                    n.prevent_removal = prevent & 0x01 != 0;
+                }
+                done(0)
+            }
+        }
+    }
+
+    /// START STOP UNIT (SBC-3 §5.20): with POWER CONDITION 0 and LOEJ=1, load
+    /// (START=1) or eject (START=0) the medium of a removable LU; a non-removable LU
+    /// has nothing to eject (INVALID FIELD IN CDB), and an eject while any nexus
+    /// prevents removal fails with MEDIUM REMOVAL PREVENTED.
+    fn start_stop_unit(
+        &self,
+        cfg: &LuConfig,
+        power_condition: u8,
+        loej: bool,
+        start: bool,
+    ) -> Result<(), Sense> {
+        if power_condition != 0 || !loej {
+            return Ok(());
+        }
+        if !cfg.removable {
+            return Err(Sense::invalid_field_in_cdb(4, Some(1)));
+        }
+        let mut st = lock(&self.state);
+        if start {
+            st.medium_loaded = true;
+        } else if st.nexuses.values().any(|n| n.prevent_removal) {
+            return Err(Sense::new(
+                SenseKey::ILLEGAL_REQUEST,
+                Asc::MEDIUM_REMOVAL_PREVENTED,
+            ));
+        } else {
+            st.medium_loaded = false;
+        }
+        Ok(())
+    }
+
+    /// Turn the store's result for a plan into the final response (errno mapping:
+    /// ENOSPC -> SPACE ALLOCATION FAILED / write error per SBC-3 §4.7.3.6, EIO on read
+    /// -> MEDIUM ERROR / UNRECOVERED READ ERROR, EIO on write -> MEDIUM ERROR / WRITE
+    /// ERROR, others -> HARDWARE ERROR / INTERNAL TARGET FAILURE). A short transfer is
+    /// reported like EIO.
+    pub fn complete_io(&self, plan: &IoPlan, result: Result<usize, i32>) -> Response {
+        let thin = self.cfg().thin_provisioning;
+        let err = match result {
+            Ok(n) if plan.kind == IoKind::Flush || n >= plan.len => {
+                return Response::good(if plan.kind == IoKind::Read {
+                    plan.transfer_len
+                } else {
+                    0
+                });
+            }
+            Ok(_) => errno::EIO,
+            Err(e) => e,
+        };
+        let (key, asc) = match (plan.kind, err) {
+            (IoKind::Read, errno::EIO) => (SenseKey::MEDIUM_ERROR, Asc::UNRECOVERED_READ_ERROR),
+            (IoKind::Write | IoKind::Flush, errno::ENOSPC | errno::EDQUOT) if thin => (
+                SenseKey::DATA_PROTECT,
+                Asc::SPACE_ALLOCATION_FAILED_WRITE_PROTECT,
+            ),
+            (IoKind::Write | IoKind::Flush, errno::EIO | errno::ENOSPC | errno::EDQUOT) => {
+                (SenseKey::MEDIUM_ERROR, Asc::WRITE_ERROR)
+            }
+            (IoKind::Write, errno::EROFS) => (SenseKey::DATA_PROTECT, Asc::WRITE_PROTECTED),
+            _ => (SenseKey::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE),
+        };
+        Response::check(key, asc)
+    }
+}
+
+impl From<Result<Outcome, Sense>> for Outcome {
+    fn from(r: Result<Outcome, Sense>) -> Outcome {
+        match r {
+            Ok(o) => o,
+            Err(sense) => Outcome::Done(Response::check_condition(sense)),
+        }
+    }
+}
+
+/// NOT READY for media access on an offline LU: MEDIUM NOT PRESENT when removable
+/// (as tgt), else LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE (SPC-4 §6.47).
+pub(crate) fn check_ready(cfg: &LuConfig) -> Result<(), Sense> {
+    if cfg.online {
+        Ok(())
+    } else if cfg.removable {
+        Err(Sense::new(SenseKey::NOT_READY, Asc::MEDIUM_NOT_PRESENT))
+    } else {
+        Err(Sense::new(
+            SenseKey::NOT_READY,
+            Asc::LOGICAL_UNIT_NOT_READY_CAUSE_NOT_REPORTABLE,
+        ))
+    }
+}

@@ -1,0 +1,640 @@
+//! Management: the unix-socket server speaking tgt's wire protocol, and the
+//! request handler that changes the registry (tgt's usr/mgmt.c).
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{debug, info, warn};
+
+use rtgt_backing::{open_store, OpenOptions, StoreKind};
+use rtgt_mgmt::show::{ConnectionView, LunView, NexusView, SessionView, SystemView, TargetView};
+use rtgt_mgmt::{Mode, Op, Request, Response, TgtadmError, WireError, NO_LUN};
+use rtgt_scsi::{Asc, DeviceType, LogicalUnit, LuConfig};
+
+use crate::acl::AclEntry;
+use crate::portal::{self, AcceptorHandle, AcceptorMsg};
+use crate::reactor::{end_session, Shared};
+use crate::registry::{LunBacking, LunEntry, Portal, Registry, TargetEntry};
+use crate::shutdown::Shutdown;
+
+/// What a management request can reach.
+#[derive(Clone)]
+pub struct MgmtCtx {
+    pub shared: Shared,
+    pub acceptor: Option<AcceptorHandle>,
+    pub shutdown: Arc<Shutdown>,
+    /// tgtd -t: rdwr worker threads per LUN.
+    pub io_threads: usize,
+}
+
+impl MgmtCtx {
+    fn registry(&self) -> &Arc<Registry> {
+        &self.shared.registry
+    }
+}
+
+type MgmtResult = Result<String, TgtadmError>;
+
+fn ok() -> MgmtResult {
+    Ok(String::new())
+}
+
+/// Handle one request, as tgtd's management thread does.
+pub fn handle(ctx: &MgmtCtx, req: &Request) -> Response {
+    let result = dispatch(ctx, req);
+    match result {
+        Ok(body) => Response {
+            err: TgtadmError::Success,
+            body,
+        },
+        Err(err) => {
+            debug!(
+                "management request {:?} {:?} failed: {}",
+                req.mode,
+                req.op,
+                err.message()
+            );
+            Response {
+                err,
+                body: String::new(),
+            }
+        }
+    }
+}
+
+fn dispatch(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
+    if req.mode != Mode::System && !req.lld.is_empty() && req.lld != "iscsi" {
+        return Err(TgtadmError::NoDriver);
+    }
+    match (req.mode, req.op) {
+        (Mode::System, Op::Show) => Ok(system_show()),
+        (Mode::System, Op::Delete) => {
+            info!("shutdown requested through management");
+            ctx.shutdown.trigger();
+            ok()
+        }
+        (Mode::System, Op::Update) => ok(),
+        (Mode::Lld, Op::Start | Op::Stop | Op::Show) => ok(),
+        (Mode::Target, Op::New) => target_new(ctx, req),
+        (Mode::Target, Op::Delete) => target_delete(ctx, req),
+        (Mode::Target, Op::Show) => target_show(ctx, req),
+        (Mode::Target, Op::Bind) => target_bind(ctx, req, true),
+        (Mode::Target, Op::Unbind) => target_bind(ctx, req, false),
+        (Mode::Target, Op::Update) => target_update(ctx, req),
+        (Mode::Device, Op::New) => lu_new(ctx, req),
+        (Mode::Device, Op::Delete) => lu_delete(ctx, req),
+        (Mode::Device, Op::Update) => lu_update(ctx, req),
+        (Mode::Portal, Op::New) => portal_new(ctx, req),
+        (Mode::Portal, Op::Delete) => portal_delete(ctx, req),
+        (Mode::Portal, Op::Show) => Ok(portal_show(ctx)),
+        // tgt answers session show with "invalid request" too.
+        (Mode::Session, _) => Err(TgtadmError::InvalidRequest),
+        (Mode::Connection, Op::Show) => connection_show(ctx, req),
+        _ => Err(TgtadmError::UnsupportedOperation),
+    }
+}
+
+fn system_show() -> String {
+    rtgt_mgmt::show::format_system(&SystemView {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        state: "ready".to_string(),
+        drivers: vec![("iscsi".to_string(), "ready".to_string())],
+        bstypes: StoreKind::ALL.iter().map(|k| k.to_string()).collect(),
+        device_types: vec!["disk".to_string()],
+    })
+}
+
+fn target_new(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
+    let name = req
+        .param("targetname")
+        .filter(|n| !n.is_empty())
+        .ok_or(TgtadmError::InvalidRequest)?;
+    if req.tid <= 0 {
+        return Err(TgtadmError::InvalidRequest);
+    }
+    let mut reg = ctx.registry().lock();
+    if reg.targets.contains_key(&req.tid) || reg.target_by_name(&name).is_some() {
+        return Err(TgtadmError::TargetExist);
+    }
+    // tgt gives every target LUN 0, a controller LU (SPC-4 peripheral type
+    // 0x0c), so REPORT LUNS and INQUIRY work before any disk is added.
+    let controller = LuConfig::controller_defaults(req.tid as u32);
+    let store = open_store(
+        StoreKind::Null,
+        &OpenOptions {
+            path: PathBuf::new(),
+            readonly: false,
+            sync: false,
+            direct: false,
+            worker_threads: 1,
+        },
+    )
+    .map_err(|_| TgtadmError::NoMem)?;
+    let mut t = TargetEntry {
+        tid: req.tid,
+        name: name.clone(),
+        luns: Default::default(),
+        acl: Vec::new(),
+        shared: Registry::new_target_shared(req.tid),
+    };
+    t.luns.insert(
+        0,
+        LunEntry {
+            backing: LunBacking {
+                lu: Arc::new(LogicalUnit::new(0, controller)),
+                store,
+            },
+            bstype: "null".to_string(),
+            path: None,
+            bsoflags: String::new(),
+        },
+    );
+    t.publish();
+    reg.targets.insert(req.tid, t);
+    info!("target {}: {name} created", req.tid);
+    ok()
+}
+
+fn target_delete(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
+    let mut reg = ctx.registry().lock();
+    if !reg.targets.contains_key(&req.tid) {
+        return Err(TgtadmError::NoTarget);
+    }
+    let sids: Vec<u64> = reg.sessions_of(req.tid).map(|s| s.sid).collect();
+    if !sids.is_empty() && req.force == 0 {
+        return Err(TgtadmError::TargetActive);
+    }
+    for sid in sids {
+        if let Some(s) = end_session(&mut reg, sid) {
+            for c in &s.connections {
+                ctx.shared.close_connection(c.handle);
+            }
+        }
+    }
+    if let Some(t) = reg.targets.remove(&req.tid) {
+        info!("target {}: {} deleted", t.tid, t.name);
+    }
+    ok()
+}
+
+fn target_bind(ctx: &MgmtCtx, req: &Request, bind: bool) -> MgmtResult {
+    let entry = if let Some(a) = req.param("initiator-address") {
+        AclEntry::parse_address(&a).map_err(|_| TgtadmError::InvalidRequest)?
+    } else if let Some(n) = req.param("initiator-name") {
+        AclEntry::Name(n)
+    } else {
+        return Err(TgtadmError::InvalidRequest);
+    };
+    let mut reg = ctx.registry().lock();
+    let t = reg.targets.get_mut(&req.tid).ok_or(TgtadmError::NoTarget)?;
+    let pos = t.acl.iter().position(|a| *a == entry);
+    match (bind, pos) {
+        (true, Some(_)) => Err(TgtadmError::AclExist),
+        (true, None) => {
+            t.acl.push(entry);
+            ok()
+        }
+        (false, Some(i)) => {
+            t.acl.remove(i);
+            ok()
+        }
+        (false, None) => Err(TgtadmError::AclNoExist),
+    }
+}
+
+fn target_update(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
+    let reg = ctx.registry().lock();
+    if !reg.targets.contains_key(&req.tid) {
+        return Err(TgtadmError::NoTarget);
+    }
+    // tgt's target parameters (state, iSCSI keys) arrive as name=value; the
+    // values rtgt negotiates are daemon-wide for now, so accept known names.
+    for (k, _) in req.params() {
+        match k.as_str() {
+            "state" | "State" => {}
+            _ => return Err(TgtadmError::UnknownParam),
+        }
+    }
+    ok()
+}
+
+/// `--op show --mode target --tid N`: like tgt, the target's iSCSI
+/// parameters as key=value lines (the values login offers).
+fn target_params(ctx: &MgmtCtx) -> String {
+    let c = &ctx.shared.iscsi;
+    let yes_no = |b: bool| if b { "Yes" } else { "No" }.to_string();
+    let digest = |b: bool| if b { "CRC32C,None" } else { "None" }.to_string();
+    let params: Vec<(String, String)> = [
+        (
+            "MaxRecvDataSegmentLength",
+            c.max_recv_data_segment_length.to_string(),
+        ),
+        ("HeaderDigest", digest(c.header_digest_crc32c)),
+        ("DataDigest", digest(c.data_digest_crc32c)),
+        ("InitialR2T", yes_no(c.initial_r2t)),
+        ("MaxOutstandingR2T", c.max_outstanding_r2t.to_string()),
+        ("ImmediateData", yes_no(c.immediate_data)),
+        ("FirstBurstLength", c.first_burst_length.to_string()),
+        ("MaxBurstLength", c.max_burst_length.to_string()),
+        ("DataPDUInOrder", yes_no(c.data_pdu_in_order)),
+        ("DataSequenceInOrder", yes_no(c.data_sequence_in_order)),
+        ("ErrorRecoveryLevel", c.error_recovery_level.to_string()),
+        ("DefaultTime2Wait", c.default_time2wait.to_string()),
+        ("DefaultTime2Retain", c.default_time2retain.to_string()),
+        ("MaxConnections", c.max_connections.to_string()),
+        ("MaxQueueCmd", c.queue_depth.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    rtgt_mgmt::show::format_params(&params)
+}
+
+fn target_show(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
+    let reg = ctx.registry().lock();
+    if req.tid > 0 {
+        reg.targets.get(&req.tid).ok_or(TgtadmError::NoTarget)?;
+        return Ok(target_params(ctx));
+    }
+    let views: Vec<TargetView> = reg
+        .targets
+        .values()
+        .map(|t| TargetView {
+            tid: t.tid,
+            name: t.name.clone(),
+            driver: "iscsi".to_string(),
+            state: "ready".to_string(),
+            nexuses: reg
+                .sessions_of(t.tid)
+                .map(|s| NexusView {
+                    nexus: s.sid,
+                    initiator: s.initiator.clone(),
+                    alias: s.alias.clone(),
+                    connections: s
+                        .connections
+                        .iter()
+                        .map(|c| ConnectionView {
+                            cid: u32::from(c.cid),
+                            address: c.peer.ip().to_string(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            luns: t
+                .luns
+                .iter()
+                .map(|(lun, e)| {
+                    let c = e.backing.lu.config();
+                    LunView {
+                        lun: *lun,
+                        type_name: match c.device_type {
+                            DeviceType::Controller => "controller",
+                            DeviceType::Disk => "disk",
+                        }
+                        .to_string(),
+                        scsi_id: c.scsi_id.clone(),
+                        scsi_sn: c.scsi_sn.clone(),
+                        size: c.size,
+                        block_size: if c.device_type == DeviceType::Controller {
+                            1
+                        } else {
+                            c.block_size
+                        },
+                        online: c.online,
+                        removable: c.removable,
+                        prevent_removal: false,
+                        readonly: c.readonly,
+                        swp: false,
+                        thin_provisioning: c.thin_provisioning,
+                        bstype: e.bstype.clone(),
+                        path: e.path.clone(),
+                        bsoflags: e.bsoflags.clone(),
+                    }
+                })
+                .collect(),
+            accounts: Vec::new(),
+            acl_addresses: t
+                .acl
+                .iter()
+                .filter(|a| !a.is_name())
+                .map(|a| a.to_string())
+                .collect(),
+            acl_names: t
+                .acl
+                .iter()
+                .filter(|a| a.is_name())
+                .map(|a| a.to_string())
+                .collect(),
+        })
+        .collect();
+    Ok(rtgt_mgmt::show::format_targets(&views))
+}
+
+fn parse_bool(v: &str) -> Result<bool, TgtadmError> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "yes" | "on" | "true" => Ok(true),
+        "0" | "no" | "off" | "false" => Ok(false),
+        _ => Err(TgtadmError::InvalidRequest),
+    }
+}
+
+/// `--bsoflags sync:direct` (tgt's separator is ':').
+fn parse_bsoflags(v: &str) -> Result<(bool, bool), TgtadmError> {
+    let (mut sync, mut direct) = (false, false);
+    for f in v.split([':', ',', '|']).filter(|f| !f.is_empty()) {
+        match f {
+            "sync" => sync = true,
+            "direct" => direct = true,
+            _ => return Err(TgtadmError::InvalidRequest),
+        }
+    }
+    Ok((sync, direct))
+}
+
+/// Apply tgt's `--params` LU settings (tgt's spc.c lu_config keys).
+fn apply_lu_params(lu: &LogicalUnit, params: &[(String, String)]) -> Result<(), TgtadmError> {
+    let mut cfg = lu.config();
+    for (k, v) in params {
+        match k.as_str() {
+            "readonly" => cfg.readonly = parse_bool(v)?,
+            "removable" => cfg.removable = parse_bool(v)?,
+            "online" => cfg.online = parse_bool(v)?,
+            "thin_provisioning" => cfg.thin_provisioning = parse_bool(v)?,
+            "scsi_id" => cfg.scsi_id = v.clone(),
+            "scsi_sn" => cfg.scsi_sn = v.clone(),
+            "vendor_id" => cfg.vendor_id = v.clone(),
+            "product_id" => cfg.product_id = v.clone(),
+            "product_rev" => cfg.product_rev = v.clone(),
+            // Keys the creation request itself carries.
+            "path" | "bstype" | "bsopts" | "bsoflags" | "blocksize" | "device-type" => {}
+            _ => return Err(TgtadmError::UnknownParam),
+        }
+    }
+    lu.update(|c| *c = cfg);
+    Ok(())
+}
+
+fn lu_new(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
+    if req.lun == NO_LUN {
+        return Err(TgtadmError::InvalidRequest);
+    }
+    let bstype = req.param("bstype").unwrap_or_else(|| "rdwr".to_string());
+    let kind: StoreKind = bstype.parse().map_err(|_| TgtadmError::InvalidRequest)?;
+    let path = req.param("path").filter(|p| !p.is_empty());
+    if path.is_none() && kind != StoreKind::Null {
+        return Err(TgtadmError::InvalidRequest);
+    }
+    let bsoflags = req.param("bsoflags").unwrap_or_default();
+    let (sync, direct) = parse_bsoflags(&bsoflags)?;
+    let block_size = match req.param("blocksize") {
+        None => 512,
+        Some(b) => match b.parse::<u32>() {
+            Ok(v @ (512 | 1024 | 2048 | 4096)) => v,
+            _ => return Err(TgtadmError::InvalidRequest),
+        },
+    };
+    {
+        let reg = ctx.registry().lock();
+        let t = reg.targets.get(&req.tid).ok_or(TgtadmError::NoTarget)?;
+        if t.luns.contains_key(&req.lun) {
+            return Err(TgtadmError::LunExist);
+        }
+    }
+    // Open outside the registry lock: opening a file may block.
+    let store = open_store(
+        kind,
+        &OpenOptions {
+            path: path.clone().map(PathBuf::from).unwrap_or_default(),
+            readonly: false,
+            sync,
+            direct,
+            worker_threads: ctx.io_threads,
+        },
+    )
+    .map_err(|e| {
+        warn!("logical unit {}:{}: {e}", req.tid, req.lun);
+        TgtadmError::InvalidRequest
+    })?;
+    let mut cfg = LuConfig::disk_defaults(req.tid as u32, req.lun);
+    cfg.size = store.size();
+    cfg.block_size = block_size;
+    cfg.max_transfer = ctx.shared.iscsi.max_data_transfer;
+    let lu = Arc::new(LogicalUnit::new(req.lun, cfg));
+    apply_lu_params(&lu, &req.params())?;
+
+    let mut reg = ctx.registry().lock();
+    let nexuses: Vec<_> = reg.sessions_of(req.tid).map(|s| s.nexus).collect();
+    let t = reg.targets.get_mut(&req.tid).ok_or(TgtadmError::NoTarget)?;
+    if t.luns.contains_key(&req.lun) {
+        return Err(TgtadmError::LunExist);
+    }
+    // SPC-4 §6.33: the LUN inventory changed for every I_T nexus.
+    for e in t.luns.values() {
+        e.backing
+            .lu
+            .raise_unit_attention(Asc::REPORTED_LUNS_DATA_HAS_CHANGED);
+    }
+    for n in nexuses {
+        lu.add_nexus(n);
+    }
+    let oflags = rtgt_mgmt::show::bsoflags_text(sync, direct);
+    t.luns.insert(
+        req.lun,
+        LunEntry {
+            backing: LunBacking { lu, store },
+            bstype: kind.to_string(),
+            path,
+            bsoflags: oflags,
+        },
+    );
+    t.publish();
+    info!("target {}: LUN {} created ({kind})", req.tid, req.lun);
+    ok()
+}
+
+fn lu_delete(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
+    let mut reg = ctx.registry().lock();
+    let t = reg.targets.get_mut(&req.tid).ok_or(TgtadmError::NoTarget)?;
+    let removed = t.luns.remove(&req.lun).ok_or(TgtadmError::NoLun)?;
+    for e in t.luns.values() {
+        e.backing
+            .lu
+            .raise_unit_attention(Asc::REPORTED_LUNS_DATA_HAS_CHANGED);
+    }
+    t.publish();
+    // The store closes when the last in-flight command and session snapshot
+    // drop their reference; flush what was written now.
+    drop(removed);
+    info!("target {}: LUN {} deleted", req.tid, req.lun);
+    ok()
+}
+
+fn lu_update(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
+    let reg = ctx.registry().lock();
+    let t = reg.targets.get(&req.tid).ok_or(TgtadmError::NoTarget)?;
+    let e = t.luns.get(&req.lun).ok_or(TgtadmError::NoLun)?;
+    apply_lu_params(&e.backing.lu, &req.params())?;
+    ok()
+}
+
+fn portal_new(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
+    let spec = req.param("portal").ok_or(TgtadmError::InvalidRequest)?;
+    let addr = portal::parse_portal(&spec).map_err(|_| TgtadmError::InvalidRequest)?;
+    let mut reg = ctx.registry().lock();
+    if reg.portals.iter().any(|p| p.addr == addr) {
+        return Err(TgtadmError::InvalidRequest);
+    }
+    let listener = portal::bind(addr).map_err(|e| {
+        warn!("{e}");
+        TgtadmError::InvalidRequest
+    })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    if let Some(a) = &ctx.acceptor {
+        a.send(AcceptorMsg::Add(listener));
+    }
+    reg.portals.push(Portal {
+        addr: bound,
+        tpgt: 1,
+    });
+    ok()
+}
+
+fn portal_delete(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
+    let spec = req.param("portal").ok_or(TgtadmError::InvalidRequest)?;
+    let addr = portal::parse_portal(&spec).map_err(|_| TgtadmError::InvalidRequest)?;
+    let mut reg = ctx.registry().lock();
+    let i = reg
+        .portals
+        .iter()
+        .position(|p| p.addr == addr)
+        .ok_or(TgtadmError::InvalidRequest)?;
+    reg.portals.remove(i);
+    if let Some(a) = &ctx.acceptor {
+        a.send(AcceptorMsg::Remove(addr));
+    }
+    ok()
+}
+
+fn portal_show(ctx: &MgmtCtx) -> String {
+    let reg = ctx.registry().lock();
+    let list: Vec<String> = reg
+        .portals
+        .iter()
+        .map(|p| format!("{},{}", p.addr, p.tpgt))
+        .collect();
+    rtgt_mgmt::show::format_portals(&list)
+}
+
+fn session_views(ctx: &MgmtCtx, tid: i32) -> Result<Vec<SessionView>, TgtadmError> {
+    let reg = ctx.registry().lock();
+    if !reg.targets.contains_key(&tid) {
+        return Err(TgtadmError::NoTarget);
+    }
+    Ok(reg
+        .sessions_of(tid)
+        .map(|s| SessionView {
+            sid: s.sid,
+            initiator: s.initiator.clone(),
+            connections: s
+                .connections
+                .iter()
+                .map(|c| ConnectionView {
+                    cid: u32::from(c.cid),
+                    address: c.peer.ip().to_string(),
+                })
+                .collect(),
+        })
+        .collect())
+}
+
+/// tgt 1.0.85 lists a target's sessions and connections under
+/// `--mode conn --op show --tid T` (ignoring --sid).
+fn connection_show(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
+    let views = session_views(ctx, req.tid)?;
+    Ok(rtgt_mgmt::show::format_sessions(&views))
+}
+
+/// The management socket (tgt's `/var/run/tgtd/socket.N`), owned by root with
+/// mode 0600: only root may manage the target.
+pub struct MgmtServer {
+    listener: UnixListener,
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+impl MgmtServer {
+    pub fn bind(path: &Path) -> std::io::Result<MgmtServer> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        // A stale socket from a crashed daemon: refuse if something answers.
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("{} is in use by a running tgtd", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(MgmtServer {
+            listener,
+            path: path.to_path_buf(),
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Ask a running `serve` to return (it wakes on a connection).
+    pub fn stopper(&self) -> impl Fn() + Send + 'static {
+        let stop = self.stop.clone();
+        let path = self.path.clone();
+        move || {
+            stop.store(true, Ordering::SeqCst);
+            let _ = UnixStream::connect(&path);
+        }
+    }
+
+    /// Serve requests one at a time, like tgtd's management loop.
+    pub fn serve(self, ctx: MgmtCtx) {
+        for stream in self.listener.incoming() {
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(mut stream) = stream else { continue };
+            // A client that connects and says nothing must not wedge management.
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+            match rtgt_mgmt::read_request(&mut stream) {
+                Ok(req) => {
+                    let rsp = handle(&ctx, &req);
+                    if let Err(e) = rtgt_mgmt::write_response(&mut stream, &rsp) {
+                        debug!("management response: {e}");
+                    }
+                    let _ = stream.flush();
+                }
+                Err(e @ (WireError::BadMode(_) | WireError::BadOp(_))) => {
+                    // The whole message was read: answer like tgt does.
+                    debug!("bad management request: {e}");
+                    let rsp = Response {
+                        err: TgtadmError::InvalidRequest,
+                        body: String::new(),
+                    };
+                    let _ = rtgt_mgmt::write_response(&mut stream, &rsp);
+                }
+                Err(e) => debug!("bad management request: {e}"),
+            }
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

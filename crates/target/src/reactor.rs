@@ -1,0 +1,983 @@
+//! Reactors: one thread and one mio event loop each, owning their
+//! connections, a buffer pool and the completion channel every backing store
+//! answers on (DESIGN.md, "The data path").
+//!
+//! A reactor never blocks and takes no global lock per command: it reads
+//! whole batches of PDUs, hands them to the sans-IO [`Connection`], executes
+//! SCSI commands against the session's LUN snapshot, submits I/O to the
+//! store, and writes responses when completions arrive on its eventfd.
+
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use tracing::{debug, info, warn};
+
+use rtgt_backing::{
+    completion_channel, AlignedBuf, BufPool, CompletionReceiver, CompletionSender, IoCompletion,
+    IoOp, IoRequest,
+};
+use rtgt_iscsi::{
+    CommandResponse, Connection, Event, LoginAccept, LoginInfo, LoginStatus, Residual, ScsiCommand,
+    SendTargetsScope, SessionType, TargetConfig, TaskManagement,
+};
+use rtgt_scsi::{
+    lun_from_wire, Asc, Command, IoKind, IoPlan, LogicalUnit, NexusId, Outcome, Response, Sense,
+    SenseKey, Status,
+};
+
+use crate::registry::{
+    ConnHandle, ConnectionEntry, LunSnapshot, Registry, RegistryInner, SessionEntry, TargetShared,
+};
+
+const WAKER: Token = Token(usize::MAX);
+const COMPLETIONS: Token = Token(usize::MAX - 1);
+
+/// Reads per connection per wakeup before others get their turn: one busy
+/// connection must not starve the rest of its reactor.
+const READ_BUDGET: usize = 16;
+/// How often connection timers (login timeout, NOP-In pings) are checked.
+const TIMER_TICK: Duration = Duration::from_millis(250);
+/// Extra receive-buffer room beyond one maximal PDU, so a read can pull in
+/// several small PDUs at once.
+const RECV_SLACK: usize = 64 * 1024;
+
+/// Messages other threads send a reactor.
+pub enum ReactorMsg {
+    NewConnection {
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+    },
+    /// Close a connection (session reinstatement, forced target delete).
+    Close(ConnHandle),
+    Shutdown,
+}
+
+/// How other threads reach a reactor.
+#[derive(Clone)]
+pub struct ReactorHandle {
+    tx: mpsc::Sender<ReactorMsg>,
+    waker: Arc<Waker>,
+    load: Arc<AtomicUsize>,
+}
+
+impl ReactorHandle {
+    pub fn send(&self, msg: ReactorMsg) {
+        if self.tx.send(msg).is_ok() {
+            if let Err(e) = self.waker.wake() {
+                warn!("can't wake reactor: {e}");
+            }
+        }
+    }
+
+    /// Live connections, for spreading new ones.
+    pub fn load(&self) -> usize {
+        self.load.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything a reactor shares with the rest of the daemon.
+#[derive(Clone)]
+pub struct Shared {
+    pub registry: Arc<Registry>,
+    pub reactors: Arc<std::sync::OnceLock<Vec<ReactorHandle>>>,
+    pub iscsi: TargetConfig,
+}
+
+impl Shared {
+    /// Ask the owner of `handle` to close it.
+    pub fn close_connection(&self, handle: ConnHandle) {
+        if let Some(r) = self.reactors.get().and_then(|v| v.get(handle.reactor)) {
+            r.send(ReactorMsg::Close(handle));
+        }
+    }
+}
+
+/// The session a connection carries once its login was accepted.
+struct SessionCtx {
+    sid: u64,
+    nexus: NexusId,
+    initiator: String,
+    /// None for a discovery session.
+    target: Option<Arc<TargetShared>>,
+    snap: Arc<LunSnapshot>,
+    snap_version: u64,
+    /// Whether this connection is registered in the registry's session table.
+    registered: bool,
+}
+
+impl SessionCtx {
+    /// Pick up LUN changes: one atomic load per command, a lock only on change.
+    fn refresh(&mut self) {
+        if let Some(t) = &self.target {
+            let v = t.version();
+            if v != self.snap_version {
+                self.snap = t.snapshot();
+                self.snap_version = v;
+            }
+        }
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    generation: u64,
+    proto: Connection<AlignedBuf>,
+    rbuf: Vec<u8>,
+    rstart: usize,
+    rend: usize,
+    session: Option<SessionCtx>,
+    /// Fatal: close without flushing.
+    dead: bool,
+    /// Protocol error: flush what is queued (a Reject, a Login Response), then close.
+    closing: bool,
+}
+
+/// A command whose I/O is at a backing store.
+struct InFlight {
+    conn: usize,
+    generation: u64,
+    itt: u32,
+    lu: Arc<LogicalUnit>,
+    plan: IoPlan,
+    expected_len: u32,
+}
+
+pub struct Reactor {
+    id: usize,
+    poll: Poll,
+    rx: mpsc::Receiver<ReactorMsg>,
+    shared: Shared,
+    load: Arc<AtomicUsize>,
+    conns: Slab<Conn>,
+    pool: BufPool,
+    inflight: Slab<InFlight>,
+    done_tx: CompletionSender,
+    done_rx: CompletionReceiver,
+    done: Vec<IoCompletion>,
+    /// Connections with input left unread after their budget ran out.
+    again: Vec<usize>,
+    /// Connections that got completions in this batch (reused, no allocation).
+    touched: Vec<usize>,
+    next_generation: u64,
+    next_timer_check: Instant,
+}
+
+/// Largest buffer a command may use (Block Limits MAXIMUM TRANSFER LENGTH is
+/// derived from the same figure by the SCSI layer).
+fn max_io(cfg: &TargetConfig) -> usize {
+    cfg.max_data_transfer as usize
+}
+
+impl Reactor {
+    pub fn new(id: usize, shared: Shared) -> io::Result<(Reactor, ReactorHandle)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (done_tx, done_rx) = completion_channel()?;
+        poll.registry().register(
+            &mut SourceFd(&done_rx.as_raw_fd()),
+            COMPLETIONS,
+            Interest::READABLE,
+        )?;
+        let (tx, rx) = mpsc::channel();
+        let load = Arc::new(AtomicUsize::new(0));
+        let handle = ReactorHandle {
+            tx,
+            waker,
+            load: load.clone(),
+        };
+        Ok((
+            Reactor {
+                id,
+                poll,
+                rx,
+                shared,
+                load,
+                conns: Slab::new(),
+                pool: BufPool::new(),
+                inflight: Slab::new(),
+                done_tx,
+                done_rx,
+                done: Vec::new(),
+                again: Vec::new(),
+                touched: Vec::new(),
+                next_generation: 1,
+                next_timer_check: Instant::now() + TIMER_TICK,
+            },
+            handle,
+        ))
+    }
+
+    /// The event loop; returns on Shutdown.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = if self.again.is_empty() {
+                self.next_timer_check
+                    .saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    warn!("reactor {}: poll failed: {e}", self.id);
+                }
+                continue;
+            }
+            let again = std::mem::take(&mut self.again);
+            for idx in again {
+                if self.conns.contains(idx) {
+                    self.service(idx, true);
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => {
+                        if self.drain_messages() {
+                            self.shutdown();
+                            return;
+                        }
+                    }
+                    COMPLETIONS => self.drain_completions(),
+                    Token(idx) => {
+                        if self.conns.contains(idx) {
+                            if ev.is_error() {
+                                self.conns[idx].dead = true;
+                            }
+                            self.service(idx, ev.is_readable() || ev.is_read_closed());
+                        }
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= self.next_timer_check {
+                self.next_timer_check = now + TIMER_TICK;
+                self.check_timers(now);
+            }
+        }
+    }
+
+    /// Returns true on Shutdown.
+    fn drain_messages(&mut self) -> bool {
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                ReactorMsg::NewConnection {
+                    stream,
+                    peer,
+                    local,
+                } => self.add_connection(stream, peer, local),
+                ReactorMsg::Close(h) => {
+                    if self
+                        .conns
+                        .get(h.token)
+                        .is_some_and(|c| c.generation == h.generation)
+                    {
+                        self.close(h.token);
+                    }
+                }
+                ReactorMsg::Shutdown => return true,
+            }
+        }
+        false
+    }
+
+    fn add_connection(&mut self, mut stream: TcpStream, peer: SocketAddr, local: SocketAddr) {
+        let entry = self.conns.vacant_entry();
+        let idx = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(idx),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("can't register connection from {peer}: {e}");
+            return;
+        }
+        let proto = Connection::new(self.shared.iscsi.clone(), Instant::now());
+        let cap = proto.max_pdu_len() + RECV_SLACK;
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        entry.insert(Conn {
+            stream,
+            peer,
+            local,
+            generation,
+            proto,
+            rbuf: vec![0; cap],
+            rstart: 0,
+            rend: 0,
+            session: None,
+            dead: false,
+            closing: false,
+        });
+        self.load.fetch_add(1, Ordering::Relaxed);
+        debug!("reactor {}: connection from {peer}", self.id);
+    }
+
+    /// Read what the socket has (within the budget), run the protocol, and
+    /// write what it produced.
+    fn service(&mut self, idx: usize, readable: bool) {
+        if readable {
+            self.read_input(idx);
+        }
+        self.flush(idx);
+    }
+
+    fn read_input(&mut self, idx: usize) {
+        for _ in 0..READ_BUDGET {
+            let conn = &mut self.conns[idx];
+            if conn.dead || conn.closing {
+                return;
+            }
+            // Keep room for one maximal PDU: compact, then grow to the
+            // negotiated limit (never beyond it: the limit is ours).
+            let want = conn.proto.max_pdu_len() + RECV_SLACK;
+            if conn.rbuf.len() < want {
+                conn.rbuf.resize(want, 0);
+            }
+            if conn.rend == conn.rbuf.len() && conn.rstart > 0 {
+                conn.rbuf.copy_within(conn.rstart..conn.rend, 0);
+                conn.rend -= conn.rstart;
+                conn.rstart = 0;
+            }
+            match conn.stream.read(&mut conn.rbuf[conn.rend..]) {
+                Ok(0) => {
+                    conn.dead = true;
+                    return;
+                }
+                Ok(n) => conn.rend += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("read from {}: {e}", conn.peer);
+                    conn.dead = true;
+                    return;
+                }
+            }
+            let pool = &mut self.pool;
+            let result = conn.proto.handle_input(
+                &conn.rbuf[conn.rstart..conn.rend],
+                Instant::now(),
+                &mut |len| Some(pool.get(len)),
+            );
+            match result {
+                Ok(used) => {
+                    conn.rstart += used;
+                    if conn.rstart == conn.rend {
+                        conn.rstart = 0;
+                        conn.rend = 0;
+                    }
+                }
+                Err(e) => {
+                    info!("connection from {} closed: {e}", conn.peer);
+                    conn.closing = true;
+                }
+            }
+            self.process_events(idx);
+        }
+        // Budget spent with input possibly pending: come back next turn
+        // (edge-triggered readiness will not tell us again).
+        self.again.push(idx);
+    }
+
+    fn process_events(&mut self, idx: usize) {
+        while let Some(ev) = self.conns[idx].proto.poll_event() {
+            match ev {
+                Event::Login(info) => self.on_login(idx, info),
+                Event::FullFeature(p) => debug!(
+                    "{} ({}) in full feature phase, session type {:?}",
+                    p.initiator_name, self.conns[idx].peer, p.session_type
+                ),
+                Event::SendTargets(scope) => self.on_send_targets(idx, scope),
+                Event::Command(cmd) => self.on_command(idx, cmd),
+                Event::TaskManagement(tm) => self.on_task_management(idx, tm),
+                Event::Logout { reason } => {
+                    debug!("{} logged out (reason {reason})", self.conns[idx].peer)
+                }
+            }
+        }
+        let conn = &mut self.conns[idx];
+        while let Some(b) = conn.proto.poll_free_buffer() {
+            self.pool.put(b);
+        }
+    }
+
+    fn handle(&self, idx: usize) -> ConnHandle {
+        ConnHandle {
+            reactor: self.id,
+            token: idx,
+            generation: self.conns[idx].generation,
+        }
+    }
+
+    /// RFC 7143 §6.3: decide a login once the initiator named itself.
+    fn on_login(&mut self, idx: usize, info: LoginInfo) {
+        let handle = self.handle(idx);
+        let peer = self.conns[idx].peer;
+        let decision = {
+            let mut reg = self.shared.registry.lock();
+            decide_login(&mut reg, &info, peer, handle, &self.shared)
+        };
+        let conn = &mut self.conns[idx];
+        match decision {
+            Ok((accept, session)) => {
+                info!(
+                    "login: {} from {peer} to {}",
+                    info.initiator_name,
+                    info.target_name.as_deref().unwrap_or("discovery")
+                );
+                conn.session = Some(session);
+                conn.proto.accept_login(accept);
+            }
+            Err(status) => {
+                info!(
+                    "login refused ({:#06x}): {} from {peer} to {}",
+                    status.0,
+                    info.initiator_name,
+                    info.target_name.as_deref().unwrap_or("discovery")
+                );
+                conn.proto.reject_login(status);
+            }
+        }
+    }
+
+    /// RFC 7143 §13.3 and Appendix C: the targets this initiator may see, with
+    /// every portal that reaches them.
+    fn on_send_targets(&mut self, idx: usize, scope: SendTargetsScope) {
+        let conn = &self.conns[idx];
+        let (initiator, own_tid) = match &conn.session {
+            Some(s) => (s.initiator.clone(), s.target.as_ref().map(|t| t.tid)),
+            None => (String::new(), None),
+        };
+        let list = {
+            let reg = self.shared.registry.lock();
+            let addresses: Vec<String> = portal_addresses(&reg, conn.local);
+            reg.targets
+                .values()
+                .filter(|t| match &scope {
+                    SendTargetsScope::All => true,
+                    SendTargetsScope::Target(name) => &t.name == name,
+                    SendTargetsScope::Session => Some(t.tid) == own_tid,
+                })
+                .filter(|t| t.admits(conn.peer.ip(), &initiator))
+                .map(|t| (t.name.clone(), addresses.clone()))
+                .collect::<Vec<_>>()
+        };
+        self.conns[idx].proto.send_targets_response(&list);
+    }
+
+    fn on_command(&mut self, idx: usize, mut cmd: ScsiCommand<AlignedBuf>) {
+        let max = max_io(&self.shared.iscsi);
+        let conn = &mut self.conns[idx];
+        let Some(sess) = conn.session.as_mut() else {
+            // The protocol layer only delivers commands in full feature phase
+            // of a normal session, which always has a session context.
+            conn.closing = true;
+            return;
+        };
+        sess.refresh();
+        let nexus = sess.nexus;
+        let snap = sess.snap.clone();
+
+        if cmd.write && cmd.expected_len > 0 && cmd.data.is_none() {
+            // The write was too large to buffer (RFC 7143 leaves the SCSI
+            // outcome to the target): SBC-3 §4.3 MAXIMUM TRANSFER LENGTH.
+            let resp = check_condition(SenseKey::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB);
+            finish(&mut conn.proto, cmd.itt, &resp, None, cmd.expected_len, 0);
+            return;
+        }
+
+        let mut cdb_bytes = [0u8; 32];
+        cdb_bytes[..16].copy_from_slice(&cmd.cdb);
+        cdb_bytes[16..].copy_from_slice(&cmd.ext_cdb);
+        let cdb = &cdb_bytes[..cmd.cdb_len.min(32)];
+        let lun = lun_from_wire(cmd.lun).unwrap_or(u64::MAX);
+
+        let mut data_in = (cmd.read && cmd.expected_len > 0)
+            .then(|| self.pool.get((cmd.expected_len as usize).min(max)));
+        let outcome = {
+            let data_out: &[u8] = cmd.data.as_deref().unwrap_or(&[]);
+            let scsi_cmd = Command {
+                nexus,
+                cdb,
+                data_out,
+            };
+            let mut empty: [u8; 0] = [];
+            let din: &mut [u8] = match data_in.as_mut() {
+                Some(b) => &mut b[..],
+                None => &mut empty,
+            };
+            snap.table.execute(lun, &scsi_cmd, din)
+        };
+
+        match outcome {
+            Outcome::Done(resp) => {
+                if let Some(b) = cmd.data.take() {
+                    self.pool.put(b);
+                }
+                let needed = resp.data_in_len;
+                finish(
+                    &mut conn.proto,
+                    cmd.itt,
+                    &resp,
+                    data_in,
+                    cmd.expected_len,
+                    needed,
+                );
+            }
+            Outcome::Io(plan) => {
+                let (Some(lu), Some(store)) = (snap.table.get(lun), snap.stores.get(&lun)) else {
+                    let resp =
+                        check_condition(SenseKey::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE);
+                    finish(
+                        &mut conn.proto,
+                        cmd.itt,
+                        &resp,
+                        data_in,
+                        cmd.expected_len,
+                        0,
+                    );
+                    return;
+                };
+                let (op, buf) = match plan.kind {
+                    IoKind::Read => {
+                        let mut b = match data_in.take() {
+                            Some(b) if b.capacity() >= plan.len => b,
+                            other => {
+                                if let Some(b) = other {
+                                    self.pool.put(b);
+                                }
+                                self.pool.get(plan.len)
+                            }
+                        };
+                        b.set_len(plan.len);
+                        (IoOp::Read, b)
+                    }
+                    IoKind::Write => match cmd.data.take() {
+                        Some(mut b) if b.len() >= plan.len => {
+                            b.set_len(plan.len);
+                            (IoOp::Write, b)
+                        }
+                        other => {
+                            // Less data than the CDB transfers: SBC-3 cannot
+                            // write what it was not given.
+                            if let Some(b) = other {
+                                self.pool.put(b);
+                            }
+                            let resp = check_condition(
+                                SenseKey::ILLEGAL_REQUEST,
+                                Asc::INVALID_FIELD_IN_CDB,
+                            );
+                            finish(
+                                &mut conn.proto,
+                                cmd.itt,
+                                &resp,
+                                None,
+                                cmd.expected_len,
+                                plan.transfer_len,
+                            );
+                            return;
+                        }
+                    },
+                    IoKind::Flush => {
+                        let mut b = self.pool.get(0);
+                        b.set_len(0);
+                        (IoOp::Flush, b)
+                    }
+                };
+                if let Some(b) = data_in.take() {
+                    self.pool.put(b);
+                }
+                if let Some(b) = cmd.data.take() {
+                    self.pool.put(b);
+                }
+                let tag = self.inflight.insert(InFlight {
+                    conn: idx,
+                    generation: conn.generation,
+                    itt: cmd.itt,
+                    lu: lu.clone(),
+                    plan,
+                    expected_len: cmd.expected_len,
+                }) as u64;
+                store.submit(
+                    IoRequest {
+                        tag,
+                        op,
+                        offset: plan.offset,
+                        buf,
+                        fua: plan.fua,
+                    },
+                    &self.done_tx,
+                );
+            }
+        }
+    }
+
+    /// RFC 7143 §11.5, SAM-5 §7: task management.
+    fn on_task_management(&mut self, idx: usize, tm: TaskManagement) {
+        const ABORT_TASK: u8 = 1;
+        const ABORT_TASK_SET: u8 = 2;
+        const CLEAR_TASK_SET: u8 = 4;
+        const LOGICAL_UNIT_RESET: u8 = 5;
+        const TARGET_WARM_RESET: u8 = 6;
+        const TARGET_COLD_RESET: u8 = 7;
+        const FUNCTION_COMPLETE: u8 = 0;
+        const LUN_DOES_NOT_EXIST: u8 = 2;
+        const NOT_SUPPORTED: u8 = 5;
+
+        let conn = &mut self.conns[idx];
+        let Some(sess) = conn.session.as_mut() else {
+            return;
+        };
+        sess.refresh();
+        let lun = lun_from_wire(tm.lun).unwrap_or(u64::MAX);
+        let response = match tm.function & 0x7f {
+            ABORT_TASK => {
+                conn.proto.abort_task(tm.referenced_itt);
+                FUNCTION_COMPLETE
+            }
+            ABORT_TASK_SET | CLEAR_TASK_SET => FUNCTION_COMPLETE,
+            LOGICAL_UNIT_RESET => match sess.snap.table.get(lun) {
+                Some(lu) => {
+                    lu.reset(Asc::BUS_DEVICE_RESET);
+                    FUNCTION_COMPLETE
+                }
+                None => LUN_DOES_NOT_EXIST,
+            },
+            TARGET_WARM_RESET | TARGET_COLD_RESET => {
+                for lu in sess.snap.table.iter() {
+                    lu.reset(Asc::POWER_ON_RESET);
+                }
+                FUNCTION_COMPLETE
+            }
+            _ => NOT_SUPPORTED,
+        };
+        conn.proto.task_management_response(tm.itt, response);
+    }
+
+    fn drain_completions(&mut self) {
+        let mut done = std::mem::take(&mut self.done);
+        let mut touched = std::mem::take(&mut self.touched);
+        self.done_rx.drain(&mut done);
+        for c in done.drain(..) {
+            let Some(inf) = self.inflight.try_remove(c.tag as usize) else {
+                self.pool.put(c.buf);
+                continue;
+            };
+            let resp = inf.lu.complete_io(&inf.plan, c.result.map_err(|e| e.0));
+            let live = self
+                .conns
+                .get(inf.conn)
+                .is_some_and(|conn| conn.generation == inf.generation);
+            if !live {
+                // The connection went away while its I/O was at the store.
+                self.pool.put(c.buf);
+                continue;
+            }
+            let conn = &mut self.conns[inf.conn];
+            let data = if inf.plan.kind == IoKind::Read {
+                Some(c.buf)
+            } else {
+                self.pool.put(c.buf);
+                None
+            };
+            let needed = match inf.plan.kind {
+                IoKind::Flush => 0,
+                _ => inf.plan.transfer_len,
+            };
+            finish(
+                &mut conn.proto,
+                inf.itt,
+                &resp,
+                data,
+                inf.expected_len,
+                needed,
+            );
+            if !touched.contains(&inf.conn) {
+                touched.push(inf.conn);
+            }
+        }
+        self.done = done;
+        // One flush per connection for the whole batch of completions.
+        for idx in touched.drain(..) {
+            if self.conns.contains(idx) {
+                self.flush(idx);
+            }
+        }
+        self.touched = touched;
+    }
+
+    fn flush(&mut self, idx: usize) {
+        let conn = &mut self.conns[idx];
+        while !conn.dead && conn.proto.wants_write() {
+            match conn.proto.write_to(&mut conn.stream) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("write to {}: {e}", conn.peer);
+                    conn.dead = true;
+                }
+            }
+        }
+        while let Some(b) = conn.proto.poll_free_buffer() {
+            self.pool.put(b);
+        }
+        let finished = conn.proto.is_closed() || conn.closing;
+        if conn.dead || (finished && !conn.proto.wants_write()) {
+            self.close(idx);
+        }
+    }
+
+    fn check_timers(&mut self, now: Instant) {
+        let due: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.proto.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(i, _)| i)
+            .collect();
+        for idx in due {
+            if let Err(e) = self.conns[idx].proto.handle_timeout(now) {
+                info!("connection from {}: {e}", self.conns[idx].peer);
+                self.conns[idx].closing = true;
+            }
+            self.flush(idx);
+        }
+    }
+
+    fn close(&mut self, idx: usize) {
+        let mut conn = self.conns.remove(idx);
+        self.load.fetch_sub(1, Ordering::Relaxed);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        while let Some(b) = conn.proto.poll_free_buffer() {
+            self.pool.put(b);
+        }
+        if let Some(sess) = conn.session.take() {
+            if sess.registered {
+                let mut reg = self.shared.registry.lock();
+                let owned = reg.sessions.get(&sess.sid).is_some_and(|s| {
+                    s.connections.iter().any(|c| {
+                        c.handle.token == idx
+                            && c.handle.generation == conn.generation
+                            && c.handle.reactor == self.id
+                    })
+                });
+                if owned {
+                    end_session(&mut reg, sess.sid);
+                }
+            }
+        }
+        debug!("reactor {}: connection from {} closed", self.id, conn.peer);
+    }
+
+    fn shutdown(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for idx in keys {
+            self.close(idx);
+        }
+    }
+}
+
+/// Remove a session from the registry and its I_T nexus from every LU.
+pub fn end_session(reg: &mut RegistryInner, sid: u64) -> Option<SessionEntry> {
+    let s = reg.sessions.remove(&sid)?;
+    if let Some(t) = reg.targets.get(&s.tid) {
+        for e in t.luns.values() {
+            e.backing.lu.remove_nexus(s.nexus);
+        }
+    }
+    Some(s)
+}
+
+fn decide_login(
+    reg: &mut RegistryInner,
+    info: &LoginInfo,
+    peer: SocketAddr,
+    handle: ConnHandle,
+    shared: &Shared,
+) -> Result<(LoginAccept, SessionCtx), LoginStatus> {
+    const TPGT: u16 = 1;
+    if info.session_type == SessionType::Discovery {
+        let sid = reg.alloc_sid();
+        let tsih = reg.alloc_tsih();
+        return Ok((
+            LoginAccept {
+                tsih,
+                target_portal_group_tag: TPGT,
+                target_alias: None,
+            },
+            SessionCtx {
+                sid,
+                nexus: NexusId(sid),
+                initiator: info.initiator_name.clone(),
+                target: None,
+                snap: Arc::new(LunSnapshot::default()),
+                snap_version: 0,
+                registered: false,
+            },
+        ));
+    }
+    let name = info
+        .target_name
+        .as_deref()
+        .ok_or(LoginStatus::MISSING_PARAMETER)?;
+    let target = reg
+        .target_by_name(name)
+        .ok_or(LoginStatus::TARGET_NOT_FOUND)?;
+    if !target.admits(peer.ip(), &info.initiator_name) {
+        return Err(LoginStatus::AUTHORIZATION_FAILURE);
+    }
+    let tid = target.tid;
+    if info.tsih != 0 {
+        // Adding a connection to a session: we negotiate MaxConnections=1.
+        return Err(
+            if reg
+                .sessions
+                .values()
+                .any(|s| s.tsih == info.tsih && s.tid == tid)
+            {
+                LoginStatus::TOO_MANY_CONNECTIONS
+            } else {
+                LoginStatus::SESSION_DOES_NOT_EXIST
+            },
+        );
+    }
+    // RFC 7143 §6.3.5: a leading login with TSIH 0 and the ISID of an
+    // existing session of this initiator reinstates it: the old one goes.
+    let old: Vec<u64> = reg
+        .sessions_of(tid)
+        .filter(|s| s.initiator == info.initiator_name && s.isid == info.isid)
+        .map(|s| s.sid)
+        .collect();
+    for sid in old {
+        if let Some(s) = end_session(reg, sid) {
+            info!("reinstating session {sid} of {}", s.initiator);
+            for c in &s.connections {
+                shared.close_connection(c.handle);
+            }
+        }
+    }
+    let sid = reg.alloc_sid();
+    let tsih = reg.alloc_tsih();
+    let nexus = NexusId(sid);
+    let target = reg.targets.get(&tid).ok_or(LoginStatus::TARGET_REMOVED)?;
+    for e in target.luns.values() {
+        e.backing.lu.add_nexus(nexus);
+    }
+    let shared_t = target.shared.clone();
+    reg.sessions.insert(
+        sid,
+        SessionEntry {
+            sid,
+            tid,
+            tsih,
+            isid: info.isid,
+            initiator: info.initiator_name.clone(),
+            alias: info.initiator_alias.clone(),
+            nexus,
+            connections: vec![ConnectionEntry {
+                cid: info.cid,
+                peer,
+                handle,
+            }],
+        },
+    );
+    Ok((
+        LoginAccept {
+            tsih,
+            target_portal_group_tag: TPGT,
+            target_alias: None,
+        },
+        SessionCtx {
+            sid,
+            nexus,
+            initiator: info.initiator_name.clone(),
+            snap: shared_t.snapshot(),
+            snap_version: shared_t.version(),
+            target: Some(shared_t),
+            registered: true,
+        },
+    ))
+}
+
+/// TargetAddress values (RFC 7143 §13.8): every portal, with a wildcard
+/// portal shown as the address this connection reached us on.
+fn portal_addresses(reg: &RegistryInner, local: SocketAddr) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in &reg.portals {
+        let addr = if p.addr.ip().is_unspecified() {
+            let ip = match local.ip() {
+                std::net::IpAddr::V6(v6) => v6
+                    .to_ipv4_mapped()
+                    .map(std::net::IpAddr::V4)
+                    .unwrap_or(std::net::IpAddr::V6(v6)),
+                v4 => v4,
+            };
+            SocketAddr::new(ip, p.addr.port())
+        } else {
+            p.addr
+        };
+        let s = format!("{addr},{}", p.tpgt);
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+fn check_condition(key: SenseKey, asc: Asc) -> Response {
+    Response {
+        status: Status::CHECK_CONDITION,
+        sense: Some(Sense::new(key, asc)),
+        data_in_len: 0,
+    }
+}
+
+/// Hand a finished command to the protocol layer, with the residual RFC 7143
+/// §11.4.5 asks for: the SCSI layer's transfer size against the initiator's
+/// Expected Data Transfer Length.
+fn finish(
+    proto: &mut Connection<AlignedBuf>,
+    itt: u32,
+    resp: &Response,
+    data: Option<AlignedBuf>,
+    expected_len: u32,
+    needed: usize,
+) {
+    let expected = expected_len as usize;
+    let residual = match needed.cmp(&expected) {
+        std::cmp::Ordering::Equal => Residual::None,
+        std::cmp::Ordering::Less => Residual::Underflow((expected - needed) as u32),
+        std::cmp::Ordering::Greater => {
+            Residual::Overflow(u32::try_from(needed - expected).unwrap_or(u32::MAX))
+        }
+    };
+    let data_len = data
+        .as_ref()
+        .map_or(0, |b| resp.data_in_len.min(expected).min(b.len()));
+    proto.complete_command(
+        itt,
+        CommandResponse {
+            status: resp.status.0,
+            sense: resp
+                .sense
+                .as_ref()
+                .map(|s| s.to_fixed().to_vec())
+                .unwrap_or_default(),
+            data,
+            data_len,
+            residual,
+        },
+    );
+}
