@@ -74,6 +74,12 @@ fn dispatch(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
     match (req.mode, req.op) {
         (Mode::System, Op::Show) => Ok(system_show()),
         (Mode::System, Op::Delete) => {
+            // tgt stops only once every target is gone (tgt 1.0.85 answers
+            // "invalid request" otherwise), so a stray command cannot take
+            // live disks away.
+            if !ctx.registry().lock().targets.is_empty() {
+                return Err(TgtadmError::InvalidRequest);
+            }
             info!("shutdown requested through management");
             ctx.shutdown.trigger();
             ok()
@@ -635,6 +641,9 @@ impl MgmtServer {
                 Err(e) => debug!("bad management request: {e}"),
             }
         }
-        let _ = std::fs::remove_file(&self.path);
+        // The socket file stays, like tgt's: tgtadm's `--op delete --mode
+        // system` waits for connect() to fail with ECONNREFUSED (a file
+        // nobody listens on), and would wait forever on ENOENT. The next
+        // tgtd on this control port replaces the stale file.
     }
 }

@@ -525,7 +525,12 @@ impl Reactor {
                 if let Some(b) = cmd.data.take() {
                     self.pool.put(b);
                 }
-                let needed = resp.data_in_len;
+                // RFC 7143 §11.4.5.2: a write finished without I/O (no or
+                // too little data) still reports what the CDB asked for.
+                let needed = match snap.table.get(lun) {
+                    Some(lu) if resp.data_in_len == 0 => lu.data_out_len(cdb),
+                    _ => resp.data_in_len,
+                };
                 finish(
                     &mut conn.proto,
                     cmd.itt,
