@@ -176,7 +176,10 @@ fn readcapacity16_reports_size_and_block_size() {
 #[test]
 fn qemu_convert_and_compare_with_header_digest() {
     require_qemu_iscsi();
-    let d = Tgtd::start(TgtdOpts::default());
+    let d = Tgtd::start(TgtdOpts {
+        debug: true,
+        ..TgtdOpts::default()
+    });
     d.new_target_with_lun(1, IQN, 64 * MIB);
     let src = random_file(d.dir.path(), "src.img", (64 * MIB) as usize, 0x5eed_0001);
     let other = random_file(d.dir.path(), "other.img", (64 * MIB) as usize, 0x5eed_0002);
@@ -228,6 +231,16 @@ fn qemu_convert_and_compare_with_header_digest() {
         "compare against a different file must report a difference:\n{}",
         out.describe("qemu-img compare (different)")
     );
+    // The digest was really negotiated, not silently declined: rtgt logs
+    // the operational values of every session at -d 1 (Debian's tgtd, when
+    // the suite is pointed at it, logs no such line).
+    if std::env::var_os("RTGT_TEST_TGTD").is_none() {
+        let log = d.log();
+        assert!(
+            log.contains("Normal session, HeaderDigest=CRC32C"),
+            "no session negotiated HeaderDigest=CRC32C:\n{log}"
+        );
+    }
     d.tgtd_alive_or_panic();
 }
 

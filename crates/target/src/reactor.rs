@@ -395,8 +395,20 @@ impl Reactor {
             match ev {
                 Event::Login(info) => self.on_login(idx, info),
                 Event::FullFeature(p) => debug!(
-                    "{} ({}) in full feature phase, session type {:?}",
-                    p.initiator_name, self.conns[idx].peer, p.session_type
+                    "{} ({}) in full feature phase: {:?} session, HeaderDigest={} DataDigest={} \
+                     MaxRecvDataSegmentLength={}/{} MaxBurstLength={} FirstBurstLength={} \
+                     InitialR2T={} ImmediateData={}",
+                    p.initiator_name,
+                    self.conns[idx].peer,
+                    p.session_type,
+                    digest_name(p.header_digest),
+                    digest_name(p.data_digest),
+                    p.max_recv_data_segment_length,
+                    p.initiator_max_recv_data_segment_length,
+                    p.max_burst_length,
+                    p.first_burst_length,
+                    p.initial_r2t,
+                    p.immediate_data
                 ),
                 Event::SendTargets(scope) => self.on_send_targets(idx, scope),
                 Event::Command(cmd) => self.on_command(idx, cmd),
@@ -941,11 +953,32 @@ fn portal_addresses(reg: &RegistryInner, local: SocketAddr) -> Vec<String> {
     out
 }
 
+fn digest_name(on: bool) -> &'static str {
+    if on {
+        "CRC32C"
+    } else {
+        "None"
+    }
+}
+
 fn check_condition(key: SenseKey, asc: Asc) -> Response {
     Response {
         status: Status::CHECK_CONDITION,
         sense: Some(Sense::new(key, asc)),
         data_in_len: 0,
+    }
+}
+
+/// RFC 7143 §11.4.5.2: what the command would transfer (`needed`) against
+/// the initiator's Expected Data Transfer Length.
+fn residual(needed: usize, expected_len: u32) -> Residual {
+    let expected = expected_len as usize;
+    match needed.cmp(&expected) {
+        std::cmp::Ordering::Equal => Residual::None,
+        std::cmp::Ordering::Less => Residual::Underflow((expected - needed) as u32),
+        std::cmp::Ordering::Greater => {
+            Residual::Overflow(u32::try_from(needed - expected).unwrap_or(u32::MAX))
+        }
     }
 }
 
@@ -961,13 +994,7 @@ fn finish(
     needed: usize,
 ) {
     let expected = expected_len as usize;
-    let residual = match needed.cmp(&expected) {
-        std::cmp::Ordering::Equal => Residual::None,
-        std::cmp::Ordering::Less => Residual::Underflow((expected - needed) as u32),
-        std::cmp::Ordering::Greater => {
-            Residual::Overflow(u32::try_from(needed - expected).unwrap_or(u32::MAX))
-        }
-    };
+    let residual = residual(needed, expected_len);
     let data_len = data
         .as_ref()
         .map_or(0, |b| resp.data_in_len.min(expected).min(b.len()));
@@ -985,4 +1012,157 @@ fn finish(
             residual,
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acl::AclEntry;
+    use crate::registry::TargetEntry;
+
+    const IQN: &str = "iqn.2026-11.org.rtgt:t";
+    const INITIATOR: &str = "iqn.2026-11.org.example:host";
+
+    fn shared_with_target(acl: Vec<AclEntry>) -> Shared {
+        let registry = Registry::new();
+        registry.lock().targets.insert(
+            1,
+            TargetEntry {
+                tid: 1,
+                name: IQN.to_string(),
+                luns: Default::default(),
+                acl,
+                shared: Registry::new_target_shared(1),
+            },
+        );
+        Shared {
+            registry,
+            reactors: Arc::new(std::sync::OnceLock::new()),
+            iscsi: TargetConfig::default(),
+        }
+    }
+
+    fn login(isid: [u8; 6], tsih: u16, target: Option<&str>) -> LoginInfo {
+        LoginInfo {
+            session_type: if target.is_some() {
+                SessionType::Normal
+            } else {
+                SessionType::Discovery
+            },
+            initiator_name: INITIATOR.to_string(),
+            initiator_alias: None,
+            target_name: target.map(str::to_string),
+            isid,
+            tsih,
+            cid: 0,
+        }
+    }
+
+    fn handle(token: usize) -> ConnHandle {
+        ConnHandle {
+            reactor: 0,
+            token,
+            generation: token as u64,
+        }
+    }
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:40000".parse().unwrap()
+    }
+
+    #[test]
+    fn same_isid_reinstates_the_session() {
+        let shared = shared_with_target(vec![AclEntry::All]);
+        let mut reg = shared.registry.lock();
+        let isid = [0x80, 0, 0, 0, 0, 1];
+        let (a, first) = decide_login(
+            &mut reg,
+            &login(isid, 0, Some(IQN)),
+            peer(),
+            handle(1),
+            &shared,
+        )
+        .unwrap();
+        assert_ne!(a.tsih, 0);
+        assert_eq!(reg.sessions.len(), 1);
+        // RFC 7143 §6.3.5: a new leading login with the same ISID replaces it.
+        let (b, second) = decide_login(
+            &mut reg,
+            &login(isid, 0, Some(IQN)),
+            peer(),
+            handle(2),
+            &shared,
+        )
+        .unwrap();
+        assert_eq!(reg.sessions.len(), 1);
+        assert!(!reg.sessions.contains_key(&first.sid));
+        let s = &reg.sessions[&second.sid];
+        assert_eq!(s.connections[0].handle, handle(2));
+        assert_ne!(a.tsih, b.tsih);
+        // A different ISID is a second session, not a reinstatement.
+        decide_login(
+            &mut reg,
+            &login([0x80, 0, 0, 0, 0, 2], 0, Some(IQN)),
+            peer(),
+            handle(3),
+            &shared,
+        )
+        .unwrap();
+        assert_eq!(reg.sessions.len(), 2);
+    }
+
+    #[test]
+    fn refusals_carry_the_right_status() {
+        let shared = shared_with_target(vec![AclEntry::parse_address("10.0.0.0/8").unwrap()]);
+        let mut reg = shared.registry.lock();
+        let isid = [0x80, 0, 0, 0, 0, 1];
+        let err = |r: Result<(LoginAccept, SessionCtx), LoginStatus>| r.err().unwrap();
+        assert_eq!(
+            err(decide_login(
+                &mut reg,
+                &login(isid, 0, Some("iqn.nope")),
+                peer(),
+                handle(1),
+                &shared
+            )),
+            LoginStatus::TARGET_NOT_FOUND
+        );
+        assert_eq!(
+            err(decide_login(
+                &mut reg,
+                &login(isid, 0, Some(IQN)),
+                peer(),
+                handle(1),
+                &shared
+            )),
+            LoginStatus::AUTHORIZATION_FAILURE
+        );
+        reg.targets.get_mut(&1).unwrap().acl.push(AclEntry::All);
+        // Adding a connection (TSIH != 0) to a session we never made.
+        assert_eq!(
+            err(decide_login(
+                &mut reg,
+                &login(isid, 77, Some(IQN)),
+                peer(),
+                handle(1),
+                &shared
+            )),
+            LoginStatus::SESSION_DOES_NOT_EXIST
+        );
+        // Discovery sessions need no target and are not in the session table.
+        assert!(decide_login(&mut reg, &login(isid, 0, None), peer(), handle(1), &shared).is_ok());
+        assert!(reg.sessions.is_empty());
+    }
+
+    #[test]
+    fn residuals_follow_rfc7143() {
+        assert_eq!(residual(0, 0), Residual::None);
+        assert_eq!(residual(4096, 4096), Residual::None);
+        // WRITE(10) of one block with no data: overflow by a block.
+        assert_eq!(residual(512, 0), Residual::Overflow(512));
+        assert_eq!(residual(512, 200), Residual::Overflow(312));
+        // INQUIRY answering 36 bytes into a 255-byte allocation: underflow.
+        assert_eq!(residual(36, 255), Residual::Underflow(219));
+        assert_eq!(residual(usize::MAX, 1), Residual::Overflow(u32::MAX));
+    }
 }
