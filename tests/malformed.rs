@@ -484,3 +484,36 @@ fn garbage_never_wins() {
         d.log()
     );
 }
+
+/// A connection that opens and never sends a Login Request is closed by the
+/// target's login timeout (15 s by default), and meanwhile does not keep
+/// another initiator from logging in.
+#[test]
+fn silent_connection_is_closed_by_the_login_timeout() {
+    require("iscsi-ls");
+    let mut d = Tgtd::start(TgtdOpts::default());
+    d.new_target_with_lun(1, IQN, GIB);
+    let mut silent = connect(&d);
+    silent
+        .set_read_timeout(Some(END_WAIT))
+        .expect("set a read timeout");
+
+    let out = run_tool("iscsi-ls", &["-s", &d.url()], Duration::from_secs(120));
+    assert!(
+        out.success(),
+        "{}",
+        out.describe("iscsi-ls beside a silent connection")
+    );
+
+    let mut byte = [0u8; 1];
+    match silent.read(&mut byte) {
+        Ok(0) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Ok(_) => panic!("the target sent data to a connection that never logged in"),
+        Err(e) => panic!(
+            "a silent connection was still open after {END_WAIT:?} ({e}): no login timeout\n{}",
+            d.log()
+        ),
+    }
+    d.assert_alive("after the login timeout");
+}
