@@ -517,3 +517,77 @@ fn silent_connection_is_closed_by_the_login_timeout() {
     }
     d.assert_alive("after the login timeout");
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A logged-in peer that floods NOP-Out pings (RFC 7143 §11.18: each asks for
+/// a NOP-In echo) and never reads the answers must not make the target queue
+/// answers without bound: the target stops reading from it, its memory stays
+/// bounded, and other initiators are still served.
+#[test]
+fn a_peer_that_never_reads_cannot_grow_the_target() {
+    require("iscsi-ls");
+    let mut d = Tgtd::start(TgtdOpts::default());
+    d.new_target_with_lun(1, IQN, GIB);
+    let mut s = connect(&d);
+    let (cmdsn, exp_statsn) = login(&d, &mut s);
+    let before = rss_kib(d.pid());
+
+    const PING: usize = 8192;
+    // 2 GiB of pings if the target kept reading: far more than any socket
+    // buffer, so only back-pressure keeps the target's memory flat.
+    const PINGS: u32 = 256 * 1024;
+    let writer = {
+        let mut s = s.try_clone().expect("clone the socket");
+        s.set_write_timeout(Some(Duration::from_secs(5)))
+            .expect("write timeout");
+        thread::spawn(move || {
+            let payload = vec![0xa5u8; PING];
+            let mut sent = 0u32;
+            for itt in 1..=PINGS {
+                let mut bhs = [0u8; BHS_LEN];
+                bhs[0] = IMMEDIATE; // NOP-Out, opcode 0x00
+                bhs[1] = 0x80;
+                put_u24(&mut bhs[5..8], PING as u32);
+                bhs[16..20].copy_from_slice(&itt.to_be_bytes());
+                bhs[20..24].copy_from_slice(&u32::MAX.to_be_bytes());
+                bhs[24..28].copy_from_slice(&cmdsn.to_be_bytes());
+                bhs[28..32].copy_from_slice(&exp_statsn.to_be_bytes());
+                if s.write_all(&bhs)
+                    .and_then(|_| s.write_all(&payload))
+                    .is_err()
+                {
+                    break;
+                }
+                sent = itt;
+            }
+            sent
+        })
+    };
+    let sent = writer.join().expect("writer thread");
+    assert!(
+        sent < PINGS,
+        "the target read all {PINGS} pings of a peer that never read its answers"
+    );
+    let after = rss_kib(d.pid());
+    assert!(
+        after < before + 256 * 1024,
+        "tgtd grew from {before} KiB to {after} KiB while a peer left {sent} pings unanswered"
+    );
+    let out = run_tool("iscsi-ls", &["-s", &d.url()], Duration::from_secs(120));
+    assert!(
+        out.success(),
+        "{}",
+        out.describe("iscsi-ls beside a flooding peer")
+    );
+    drop(s);
+    d.assert_alive("after the flood");
+}

@@ -49,6 +49,10 @@ const TIMER_TICK: Duration = Duration::from_millis(250);
 /// Extra receive-buffer room beyond one maximal PDU, so a read can pull in
 /// several small PDUs at once.
 const RECV_SLACK: usize = 64 * 1024;
+/// Output PDUs queued for a peer before we stop reading its input: a peer
+/// that sends (NOP-Out pings, say) but never reads must not grow our memory.
+/// Reading resumes once the queue drains below half.
+const MAX_QUEUED_PDUS: usize = 1024;
 
 /// Messages other threads send a reactor.
 pub enum ReactorMsg {
@@ -142,6 +146,8 @@ struct Conn {
     dead: bool,
     /// Protocol error: flush what is queued (a Reject, a Login Response), then close.
     closing: bool,
+    /// Input is not read while the peer leaves our output unread.
+    paused: bool,
 }
 
 /// A command whose I/O is at a backing store.
@@ -319,6 +325,7 @@ impl Reactor {
             session: None,
             dead: false,
             closing: false,
+            paused: false,
         });
         self.load.fetch_add(1, Ordering::Relaxed);
         debug!("reactor {}: connection from {peer}", self.id);
@@ -337,6 +344,11 @@ impl Reactor {
         for _ in 0..READ_BUDGET {
             let conn = &mut self.conns[idx];
             if conn.dead || conn.closing {
+                return;
+            }
+            if conn.proto.queued_pdus() >= MAX_QUEUED_PDUS {
+                // Back-pressure: flush() resumes reading once the peer reads.
+                conn.paused = true;
                 return;
             }
             // Keep room for one maximal PDU: compact, then grow to the
@@ -750,6 +762,12 @@ impl Reactor {
         }
         while let Some(b) = conn.proto.poll_free_buffer() {
             self.pool.put(b);
+        }
+        if conn.paused && conn.proto.queued_pdus() < MAX_QUEUED_PDUS / 2 {
+            // Input may have arrived while paused, and edge-triggered
+            // readiness will not report it again.
+            conn.paused = false;
+            self.again.push(idx);
         }
         let finished = conn.proto.is_closed() || conn.closing;
         if conn.dead || (finished && !conn.proto.wants_write()) {
