@@ -16,6 +16,7 @@ use common::{
 
 const IQN: &str = "iqn.2026-11.org.rtgt:interop";
 const MIB: u64 = 1 << 20;
+const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn describe(what: &str, o: &Output) -> String {
     format!(
@@ -326,4 +327,50 @@ fn readonly_update_is_seen_by_initiators() {
     );
     let mut d = d;
     d.assert_alive("end of test");
+}
+
+/// tgt's ACLs (`--op bind --mode target -I ADDR|CIDR|ALL`, `-Q NAME`): an
+/// initiator outside them can neither log in nor see the target in
+/// SendTargets; one inside can.
+#[test]
+fn bind_by_address_and_initiator_name() {
+    require("iscsi-ls");
+    require("iscsi-inq");
+    let mut d = Tgtd::start(TgtdOpts::default());
+    d.new_target_with_lun(1, IQN, 16 * MIB);
+    let lun = d.lun_url(IQN, 1);
+    let t = ["--lld", "iscsi", "--mode", "target", "--tid", "1"];
+    let acl = |op: &str, flag: &str, value: &str| {
+        let mut args = t.to_vec();
+        args.extend_from_slice(&["--op", op, flag, value]);
+        d.adm_ok(&args);
+    };
+    let listed = || {
+        let out = run_tool("iscsi-ls", &["-s", &d.url()], TIMEOUT);
+        out.stdout.contains(&format!("Target:{IQN} "))
+    };
+    let inq = |name: &str| {
+        run_tool("iscsi-inq", &["-i", name, &lun], TIMEOUT).success()
+    };
+    const NAME: &str = "iqn.2026-11.org.rtgt:allowed-host";
+
+    acl("unbind", "-I", "ALL");
+    acl("bind", "-I", "10.0.0.0/8");
+    assert!(!listed(), "SendTargets showed a target whose ACL excludes 127.0.0.1");
+    assert!(!inq(NAME), "an initiator outside 10.0.0.0/8 logged in");
+
+    acl("bind", "-I", "127.0.0.0/8");
+    assert!(listed(), "127.0.0.0/8 is bound but the target is not listed");
+    assert!(inq(NAME), "127.0.0.0/8 is bound but the login failed");
+
+    acl("unbind", "-I", "127.0.0.0/8");
+    acl("bind", "-Q", NAME);
+    assert!(inq(NAME), "{NAME} is bound by name but its login failed");
+    assert!(
+        !inq("iqn.2026-11.org.rtgt:someone-else"),
+        "an initiator bound neither by address nor by name logged in"
+    );
+    let show = d.adm_ok(&["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+    assert!(show.contains("10.0.0.0/8") && show.contains(NAME), "{show}");
+    d.assert_alive("after the ACL changes");
 }
