@@ -349,18 +349,22 @@ fn bind_by_address_and_initiator_name() {
         let out = run_tool("iscsi-ls", &["-s", &d.url()], TIMEOUT);
         out.stdout.contains(&format!("Target:{IQN} "))
     };
-    let inq = |name: &str| {
-        run_tool("iscsi-inq", &["-i", name, &lun], TIMEOUT).success()
-    };
+    let inq = |name: &str| run_tool("iscsi-inq", &["-i", name, &lun], TIMEOUT).success();
     const NAME: &str = "iqn.2026-11.org.rtgt:allowed-host";
 
     acl("unbind", "-I", "ALL");
     acl("bind", "-I", "10.0.0.0/8");
-    assert!(!listed(), "SendTargets showed a target whose ACL excludes 127.0.0.1");
+    assert!(
+        !listed(),
+        "SendTargets showed a target whose ACL excludes 127.0.0.1"
+    );
     assert!(!inq(NAME), "an initiator outside 10.0.0.0/8 logged in");
 
     acl("bind", "-I", "127.0.0.0/8");
-    assert!(listed(), "127.0.0.0/8 is bound but the target is not listed");
+    assert!(
+        listed(),
+        "127.0.0.0/8 is bound but the target is not listed"
+    );
     assert!(inq(NAME), "127.0.0.0/8 is bound but the login failed");
 
     acl("unbind", "-I", "127.0.0.0/8");

@@ -53,6 +53,12 @@ const RECV_SLACK: usize = 64 * 1024;
 /// that sends (NOP-Out pings, say) but never reads must not grow our memory.
 /// Reading resumes once the queue drains below half.
 const MAX_QUEUED_PDUS: usize = 1024;
+/// Lingering close: after the last PDU to a failed or finished connection
+/// (a Reject, a refused login, a Logout Response) we shut our side down and
+/// discard input for at most this long before closing. Closing with unread
+/// input would reset the connection (RFC 1122 §4.2.2.13), and initiators
+/// still writing Data-Out would get EPIPE instead of reading our answer.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Messages other threads send a reactor.
 pub enum ReactorMsg {
@@ -148,6 +154,9 @@ struct Conn {
     closing: bool,
     /// Input is not read while the peer leaves our output unread.
     paused: bool,
+    /// Set once our side is shut down: input is discarded until the peer
+    /// closes or this instant passes.
+    linger_until: Option<Instant>,
 }
 
 /// A command whose I/O is at a backing store.
@@ -326,6 +335,7 @@ impl Reactor {
             dead: false,
             closing: false,
             paused: false,
+            linger_until: None,
         });
         self.load.fetch_add(1, Ordering::Relaxed);
         debug!("reactor {}: connection from {peer}", self.id);
@@ -343,6 +353,12 @@ impl Reactor {
     fn read_input(&mut self, idx: usize) {
         for _ in 0..READ_BUDGET {
             let conn = &mut self.conns[idx];
+            if conn.linger_until.is_some() {
+                if discard_input(conn) {
+                    continue;
+                }
+                return;
+            }
             if conn.dead || conn.closing {
                 return;
             }
@@ -770,15 +786,30 @@ impl Reactor {
             self.again.push(idx);
         }
         let finished = conn.proto.is_closed() || conn.closing;
-        if conn.dead || (finished && !conn.proto.wants_write()) {
+        if conn.dead {
             self.close(idx);
+        } else if finished && !conn.proto.wants_write() && conn.linger_until.is_none() {
+            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+            conn.linger_until = Some(Instant::now() + LINGER);
+            // Whatever arrived meanwhile is discarded on the next turn.
+            self.again.push(idx);
         }
     }
 
     fn check_timers(&mut self, now: Instant) {
+        let lingered: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.linger_until.is_some_and(|t| t <= now))
+            .map(|(i, _)| i)
+            .collect();
+        for idx in lingered {
+            self.close(idx);
+        }
         let due: Vec<usize> = self
             .conns
             .iter()
+            .filter(|(_, c)| c.linger_until.is_none())
             .filter(|(_, c)| c.proto.poll_timeout().is_some_and(|t| t <= now))
             .map(|(i, _)| i)
             .collect();
@@ -820,6 +851,24 @@ impl Reactor {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for idx in keys {
             self.close(idx);
+        }
+    }
+}
+
+/// Read and drop what a lingering connection still sends. Returns true when
+/// there may be more to read; sets `dead` on EOF or error.
+fn discard_input(conn: &mut Conn) -> bool {
+    match conn.stream.read(&mut conn.rbuf[..]) {
+        Ok(0) => {
+            conn.dead = true;
+            false
+        }
+        Ok(_) => true,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+        Err(_) => {
+            conn.dead = true;
+            false
         }
     }
 }
