@@ -319,7 +319,7 @@ impl Reactor {
             return;
         }
         let proto = Connection::new(self.shared.iscsi.clone(), Instant::now());
-        let cap = proto.max_pdu_len() + RECV_SLACK;
+        let cap = recv_capacity(&proto);
         let generation = self.next_generation;
         self.next_generation += 1;
         entry.insert(Conn {
@@ -369,7 +369,7 @@ impl Reactor {
             }
             // Keep room for one maximal PDU: compact, then grow to the
             // negotiated limit (never beyond it: the limit is ours).
-            let want = conn.proto.max_pdu_len() + RECV_SLACK;
+            let want = recv_capacity(&conn.proto);
             if conn.rbuf.len() < want {
                 conn.rbuf.resize(want, 0);
             }
@@ -853,6 +853,18 @@ impl Reactor {
             self.close(idx);
         }
     }
+}
+
+/// Receive-buffer size: one maximal PDU, plus room to batch several small
+/// ones once in full feature phase. Before login the largest legal PDU is
+/// about 9 KiB, so a crowd of silent connections costs little.
+fn recv_capacity(proto: &Connection<AlignedBuf>) -> usize {
+    proto.max_pdu_len()
+        + if proto.is_full_feature() {
+            RECV_SLACK
+        } else {
+            0
+        }
 }
 
 /// Read and drop what a lingering connection still sends. Returns true when
