@@ -597,10 +597,6 @@ impl MgmtServer {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Ask a running `serve` to return (it wakes on a connection).
     pub fn stopper(&self) -> impl Fn() + Send + 'static {
         let stop = self.stop.clone();

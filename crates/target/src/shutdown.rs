@@ -15,10 +15,6 @@ impl Shutdown {
         self.cv.notify_all();
     }
 
-    pub fn is_triggered(&self) -> bool {
-        *self.requested.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Block until triggered.
     pub fn wait(&self) {
         let mut g = self.requested.lock().unwrap_or_else(|e| e.into_inner());
