@@ -89,19 +89,11 @@ fn iscsi_options(args: &Args) -> Result<(Vec<SocketAddr>, TargetConfig)> {
 
 fn request(mode: Mode, op: Op, tid: i32, lun: u64, body: String) -> Request {
     Request {
-        mode,
-        op,
         lld: "iscsi".to_string(),
         tid,
-        sid: 0,
         lun,
-        cid: 0,
-        host_no: 0,
-        device_type: 0,
-        ac_dir: 0,
-        pack: 0,
-        force: 0,
         body,
+        ..Request::new(mode, op)
     }
 }
 

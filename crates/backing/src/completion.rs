@@ -71,10 +71,20 @@ impl CompletionSender {
         if !self.shared.receiver_alive.load(Ordering::Acquire) {
             return;
         }
-        self.shared.queue().push(completion);
-        // The only possible failure is EAGAIN when the counter is at its
-        // maximum (2^64 - 2), in which case the fd is readable anyway.
-        let _ = self.shared.eventfd.write(1);
+        let was_empty = {
+            let mut q = self.shared.queue();
+            q.push(completion);
+            q.len() == 1
+        };
+        // One signal per batch, not per completion: `drain` resets the
+        // eventfd before it takes the queue, so a completion pushed onto a
+        // non-empty queue is taken by the drain its predecessor's signal
+        // wakes, and one pushed onto an emptied queue signals itself.
+        // The only possible write failure is EAGAIN when the counter is at
+        // its maximum (2^64 - 2), in which case the fd is readable anyway.
+        if was_empty {
+            let _ = self.shared.eventfd.write(1);
+        }
     }
 }
 

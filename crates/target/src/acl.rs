@@ -54,7 +54,7 @@ impl AclEntry {
 }
 
 /// An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
-fn canonical(addr: IpAddr) -> IpAddr {
+pub(crate) fn canonical(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()

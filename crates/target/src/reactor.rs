@@ -30,8 +30,7 @@ use rtgt_iscsi::{
     SendTargetsScope, SessionType, TargetConfig, TaskManagement,
 };
 use rtgt_scsi::{
-    lun_from_wire, Asc, Command, IoKind, IoPlan, LogicalUnit, NexusId, Outcome, Response, Sense,
-    SenseKey, Status,
+    lun_from_wire, Asc, Command, IoKind, IoPlan, LogicalUnit, NexusId, Outcome, Response, SenseKey,
 };
 
 use crate::registry::{
@@ -157,6 +156,8 @@ struct Conn {
     /// Set once our side is shut down: input is discarded until the peer
     /// closes or this instant passes.
     linger_until: Option<Instant>,
+    /// Already on this batch's list of connections to flush.
+    flush_queued: bool,
 }
 
 /// A command whose I/O is at a backing store.
@@ -336,6 +337,7 @@ impl Reactor {
             closing: false,
             paused: false,
             linger_until: None,
+            flush_queued: false,
         });
         self.load.fetch_add(1, Ordering::Relaxed);
         debug!("reactor {}: connection from {peer}", self.id);
@@ -532,7 +534,7 @@ impl Reactor {
         if cmd.write && cmd.expected_len > 0 && cmd.data.is_none() {
             // The write was too large to buffer (RFC 7143 leaves the SCSI
             // outcome to the target): SBC-3 §4.3 MAXIMUM TRANSFER LENGTH.
-            let resp = check_condition(SenseKey::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB);
+            let resp = Response::check(SenseKey::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB);
             finish(&mut conn.proto, cmd.itt, &resp, None, cmd.expected_len, 0);
             return;
         }
@@ -583,7 +585,7 @@ impl Reactor {
             Outcome::Io(plan) => {
                 let (Some(lu), Some(store)) = (snap.table.get(lun), snap.stores.get(&lun)) else {
                     let resp =
-                        check_condition(SenseKey::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE);
+                        Response::check(SenseKey::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE);
                     finish(
                         &mut conn.proto,
                         cmd.itt,
@@ -619,7 +621,7 @@ impl Reactor {
                             if let Some(b) = other {
                                 self.pool.put(b);
                             }
-                            let resp = check_condition(
+                            let resp = Response::check(
                                 SenseKey::ILLEGAL_REQUEST,
                                 Asc::INVALID_FIELD_IN_CDB,
                             );
@@ -748,14 +750,16 @@ impl Reactor {
                 inf.expected_len,
                 needed,
             );
-            if !touched.contains(&inf.conn) {
+            if !conn.flush_queued {
+                conn.flush_queued = true;
                 touched.push(inf.conn);
             }
         }
         self.done = done;
         // One flush per connection for the whole batch of completions.
         for idx in touched.drain(..) {
-            if self.conns.contains(idx) {
+            if let Some(conn) = self.conns.get_mut(idx) {
+                conn.flush_queued = false;
                 self.flush(idx);
             }
         }
@@ -1013,14 +1017,7 @@ fn portal_addresses(reg: &RegistryInner, local: SocketAddr) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for p in &reg.portals {
         let addr = if p.addr.ip().is_unspecified() {
-            let ip = match local.ip() {
-                std::net::IpAddr::V6(v6) => v6
-                    .to_ipv4_mapped()
-                    .map(std::net::IpAddr::V4)
-                    .unwrap_or(std::net::IpAddr::V6(v6)),
-                v4 => v4,
-            };
-            SocketAddr::new(ip, p.addr.port())
+            SocketAddr::new(crate::acl::canonical(local.ip()), p.addr.port())
         } else {
             p.addr
         };
@@ -1037,14 +1034,6 @@ fn digest_name(on: bool) -> &'static str {
         "CRC32C"
     } else {
         "None"
-    }
-}
-
-fn check_condition(key: SenseKey, asc: Asc) -> Response {
-    Response {
-        status: Status::CHECK_CONDITION,
-        sense: Some(Sense::new(key, asc)),
-        data_in_len: 0,
     }
 }
 
