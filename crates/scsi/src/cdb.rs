@@ -27,20 +27,30 @@ impl Opcode {
     pub const WRITE_10: Opcode = Opcode(0x2a);
     pub const WRITE_AND_VERIFY_10: Opcode = Opcode(0x2e);
     pub const VERIFY_10: Opcode = Opcode(0x2f);
+    pub const PRE_FETCH_10: Opcode = Opcode(0x34);
     pub const SYNCHRONIZE_CACHE_10: Opcode = Opcode(0x35);
+    pub const READ_DEFECT_DATA_10: Opcode = Opcode(0x37);
     pub const WRITE_SAME_10: Opcode = Opcode(0x41);
     pub const UNMAP: Opcode = Opcode(0x42);
+    pub const SANITIZE: Opcode = Opcode(0x48);
     pub const MODE_SELECT_10: Opcode = Opcode(0x55);
+    pub const RESERVE_10: Opcode = Opcode(0x56);
+    pub const RELEASE_10: Opcode = Opcode(0x57);
     pub const MODE_SENSE_10: Opcode = Opcode(0x5a);
     pub const PERSISTENT_RESERVE_IN: Opcode = Opcode(0x5e);
     pub const PERSISTENT_RESERVE_OUT: Opcode = Opcode(0x5f);
+    pub const EXTENDED_COPY: Opcode = Opcode(0x83);
+    pub const RECEIVE_COPY_RESULTS: Opcode = Opcode(0x84);
     pub const READ_16: Opcode = Opcode(0x88);
     pub const COMPARE_AND_WRITE: Opcode = Opcode(0x89);
     pub const WRITE_16: Opcode = Opcode(0x8a);
+    pub const ORWRITE_16: Opcode = Opcode(0x8b);
     pub const WRITE_AND_VERIFY_16: Opcode = Opcode(0x8e);
     pub const VERIFY_16: Opcode = Opcode(0x8f);
+    pub const PRE_FETCH_16: Opcode = Opcode(0x90);
     pub const SYNCHRONIZE_CACHE_16: Opcode = Opcode(0x91);
     pub const WRITE_SAME_16: Opcode = Opcode(0x93);
+    pub const WRITE_ATOMIC_16: Opcode = Opcode(0x9c);
     /// SERVICE ACTION IN(16); READ CAPACITY(16) is service action 0x10 (SBC-3 §5.16).
     pub const SERVICE_ACTION_IN_16: Opcode = Opcode(0x9e);
     pub const REPORT_LUNS: Opcode = Opcode(0xa0);
@@ -49,10 +59,17 @@ impl Opcode {
     pub const WRITE_12: Opcode = Opcode(0xaa);
     pub const WRITE_AND_VERIFY_12: Opcode = Opcode(0xae);
     pub const VERIFY_12: Opcode = Opcode(0xaf);
+    pub const READ_DEFECT_DATA_12: Opcode = Opcode(0xb7);
 }
 
 /// READ CAPACITY(16) service action of SERVICE ACTION IN(16) (SBC-3 §5.16).
 pub const SA_READ_CAPACITY_16: u8 = 0x10;
+/// GET LBA STATUS service action of SERVICE ACTION IN(16) (SBC-3 §5.5).
+pub const SA_GET_LBA_STATUS: u8 = 0x12;
+/// MAINTENANCE IN service actions (SPC-4 §6.36, §6.35, §6.37).
+pub const SA_REPORT_TARGET_PORT_GROUPS: u8 = 0x0a;
+pub const SA_REPORT_SUPPORTED_OPERATION_CODES: u8 = 0x0c;
+pub const SA_REPORT_SUPPORTED_TMFS: u8 = 0x0d;
 
 /// CDB length implied by the opcode's group code (SPC-4 §4.2.5.1); None for group 3
 /// (reserved / variable length) and the vendor-specific groups 6 and 7.
@@ -183,6 +200,95 @@ pub enum Cdb {
     },
     /// PREVENT ALLOW MEDIUM REMOVAL (SBC-3 §5.5 / SPC-4 §6.13).
     PreventAllowMediumRemoval { prevent: u8 },
+    /// GET LBA STATUS (SBC-3 §5.5).
+    GetLbaStatus { lba: u64, allocation_length: u32 },
+    /// PRE-FETCH(10/16) (SBC-3 §5.6, §5.7).
+    PreFetch { lba: u64, blocks: u32, immed: bool },
+    /// READ DEFECT DATA(10/12) (SBC-3 §5.17, §5.18).
+    ReadDefectData {
+        twelve: bool,
+        req_plist: bool,
+        req_glist: bool,
+        format: u8,
+        allocation_length: u32,
+    },
+    /// WRITE SAME(10/16) (SBC-3 §5.41, §5.42). `blocks` 0 means to the last LBA.
+    WriteSame {
+        lba: u64,
+        blocks: u32,
+        unmap: bool,
+        anchor: bool,
+        ndob: bool,
+        wrprotect: u8,
+    },
+    /// UNMAP (SBC-3 §5.28).
+    Unmap { anchor: bool, parameter_list_length: u16 },
+    /// COMPARE AND WRITE (SBC-3 §5.2): `blocks` to compare, then write.
+    CompareAndWrite {
+        lba: u64,
+        blocks: u32,
+        fua: bool,
+        wrprotect: u8,
+    },
+    /// ORWRITE(16) (SBC-3 §5.9).
+    OrWrite {
+        lba: u64,
+        blocks: u32,
+        fua: bool,
+        orprotect: u8,
+    },
+    /// WRITE AND VERIFY(10/12/16) (SBC-3 §5.38–§5.40).
+    WriteAndVerify {
+        lba: u64,
+        blocks: u32,
+        bytchk: u8,
+        wrprotect: u8,
+    },
+    /// WRITE ATOMIC(16) (SBC-4 §5.48).
+    WriteAtomic {
+        lba: u64,
+        blocks: u32,
+        fua: bool,
+        wrprotect: u8,
+    },
+    /// SANITIZE (SBC-3 §5.19).
+    Sanitize {
+        immed: bool,
+        ause: bool,
+        service_action: u8,
+        parameter_list_length: u16,
+    },
+    /// MODE SELECT(6/10) (SPC-4 §6.9, §6.10).
+    ModeSelect {
+        ten: bool,
+        pf: bool,
+        sp: bool,
+        parameter_list_length: u16,
+    },
+    /// RESERVE(6/10) (SPC-2 §7.21, §7.22).
+    Reserve,
+    /// RELEASE(6/10) (SPC-2 §7.19, §7.20).
+    Release,
+    /// PERSISTENT RESERVE IN (SPC-4 §6.15).
+    PersistentReserveIn {
+        service_action: u8,
+        allocation_length: u16,
+    },
+    /// PERSISTENT RESERVE OUT (SPC-4 §6.16); the fields are decoded by `pr`.
+    PersistentReserveOut { parameter_list_length: u32 },
+    /// EXTENDED COPY (SPC-4 §6.4); the parameter list is decoded by `xcopy`.
+    ExtendedCopy { parameter_list_length: u32 },
+    /// RECEIVE COPY RESULTS (SPC-4 §6.18); decoded by `xcopy`.
+    ReceiveCopyResults,
+    /// REPORT TARGET PORT GROUPS (SPC-4 §6.36).
+    ReportTargetPortGroups {
+        extended: bool,
+        allocation_length: u32,
+    },
+    /// REPORT SUPPORTED OPERATION CODES (SPC-4 §6.35); decoded by `rsoc`.
+    ReportSupportedOperationCodes,
+    /// REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-4 §6.37).
+    ReportSupportedTmfs { repd: bool, allocation_length: u32 },
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {
@@ -289,16 +395,142 @@ impl Cdb {
                 lba: be32(cdb, 2),
                 pmi: byte(cdb, 8) & 0x01 != 0,
             },
-            Opcode::SERVICE_ACTION_IN_16 => {
-                if b1 & 0x1f != SA_READ_CAPACITY_16 {
-                    return Err(invalid(1, Some(4)));
-                }
-                Cdb::ReadCapacity16 {
+            Opcode::SERVICE_ACTION_IN_16 => match b1 & 0x1f {
+                SA_READ_CAPACITY_16 => Cdb::ReadCapacity16 {
                     lba: be64(cdb, 2),
                     allocation_length: be32(cdb, 10),
                     pmi: byte(cdb, 14) & 0x01 != 0,
+                },
+                SA_GET_LBA_STATUS => Cdb::GetLbaStatus {
+                    lba: be64(cdb, 2),
+                    allocation_length: be32(cdb, 10),
+                },
+                _ => return Err(invalid(1, Some(4))),
+            },
+            Opcode::MAINTENANCE_IN => match b1 & 0x1f {
+                SA_REPORT_TARGET_PORT_GROUPS => Cdb::ReportTargetPortGroups {
+                    extended: b1 >> 5 == 1,
+                    allocation_length: be32(cdb, 6),
+                },
+                SA_REPORT_SUPPORTED_OPERATION_CODES => Cdb::ReportSupportedOperationCodes,
+                SA_REPORT_SUPPORTED_TMFS => Cdb::ReportSupportedTmfs {
+                    repd: b1 & 0x80 != 0,
+                    allocation_length: be32(cdb, 6),
+                },
+                _ => return Err(invalid(1, Some(4))),
+            },
+            Opcode::PRE_FETCH_10 | Opcode::PRE_FETCH_16 => {
+                let (lba, blocks) = lba_and_length(Opcode(op), cdb);
+                Cdb::PreFetch {
+                    lba,
+                    blocks,
+                    immed: b1 & 0x02 != 0,
                 }
             }
+            Opcode::READ_DEFECT_DATA_10 | Opcode::READ_DEFECT_DATA_12 => {
+                let twelve = Opcode(op) == Opcode::READ_DEFECT_DATA_12;
+                let flags = if twelve { b1 } else { byte(cdb, 2) };
+                Cdb::ReadDefectData {
+                    twelve,
+                    req_plist: flags & 0x10 != 0,
+                    req_glist: flags & 0x08 != 0,
+                    format: flags & 0x07,
+                    allocation_length: if twelve {
+                        be32(cdb, 6)
+                    } else {
+                        u32::from(be16(cdb, 7))
+                    },
+                }
+            }
+            Opcode::WRITE_SAME_10 | Opcode::WRITE_SAME_16 => {
+                let (lba, blocks) = lba_and_length(Opcode(op), cdb);
+                Cdb::WriteSame {
+                    lba,
+                    blocks,
+                    unmap: b1 & 0x08 != 0,
+                    anchor: b1 & 0x10 != 0,
+                    // NDOB exists only in WRITE SAME(16) (SBC-3 §5.42).
+                    ndob: Opcode(op) == Opcode::WRITE_SAME_16 && b1 & 0x01 != 0,
+                    wrprotect: b1 >> 5,
+                }
+            }
+            Opcode::UNMAP => Cdb::Unmap {
+                anchor: b1 & 0x01 != 0,
+                parameter_list_length: be16(cdb, 7),
+            },
+            Opcode::COMPARE_AND_WRITE => Cdb::CompareAndWrite {
+                lba: be64(cdb, 2),
+                blocks: u32::from(byte(cdb, 13)),
+                fua: b1 & 0x08 != 0,
+                wrprotect: b1 >> 5,
+            },
+            Opcode::ORWRITE_16 => Cdb::OrWrite {
+                lba: be64(cdb, 2),
+                blocks: be32(cdb, 10),
+                fua: b1 & 0x08 != 0,
+                orprotect: b1 >> 5,
+            },
+            Opcode::WRITE_AND_VERIFY_10 | Opcode::WRITE_AND_VERIFY_12 | Opcode::WRITE_AND_VERIFY_16 => {
+                let (lba, blocks) = lba_and_length(Opcode(op), cdb);
+                Cdb::WriteAndVerify {
+                    lba,
+                    blocks,
+                    bytchk: (b1 >> 1) & 0x03,
+                    wrprotect: b1 >> 5,
+                }
+            }
+            Opcode::WRITE_ATOMIC_16 => Cdb::WriteAtomic {
+                lba: be64(cdb, 2),
+                blocks: u32::from(be16(cdb, 12)),
+                fua: b1 & 0x08 != 0,
+                wrprotect: b1 >> 5,
+            },
+            Opcode::SANITIZE => Cdb::Sanitize {
+                immed: b1 & 0x80 != 0,
+                ause: b1 & 0x20 != 0,
+                service_action: b1 & 0x1f,
+                parameter_list_length: be16(cdb, 7),
+            },
+            Opcode::MODE_SELECT_6 | Opcode::MODE_SELECT_10 => {
+                let ten = Opcode(op) == Opcode::MODE_SELECT_10;
+                Cdb::ModeSelect {
+                    ten,
+                    pf: b1 & 0x10 != 0,
+                    sp: b1 & 0x01 != 0,
+                    parameter_list_length: if ten {
+                        be16(cdb, 7)
+                    } else {
+                        u16::from(byte(cdb, 4))
+                    },
+                }
+            }
+            Opcode::RESERVE_6 | Opcode::RELEASE_6 | Opcode::RESERVE_10 | Opcode::RELEASE_10 => {
+                // Third-party (3RDPTY) and extent reservations are not supported
+                // (SPC-2 §7.21.1): INVALID FIELD IN CDB.
+                let ten = matches!(Opcode(op), Opcode::RESERVE_10 | Opcode::RELEASE_10);
+                if ten && b1 & 0x10 != 0 {
+                    return Err(invalid(1, Some(4)));
+                }
+                if b1 & 0x01 != 0 {
+                    return Err(invalid(1, Some(0)));
+                }
+                if matches!(Opcode(op), Opcode::RESERVE_6 | Opcode::RESERVE_10) {
+                    Cdb::Reserve
+                } else {
+                    Cdb::Release
+                }
+            }
+            Opcode::PERSISTENT_RESERVE_IN => Cdb::PersistentReserveIn {
+                service_action: b1 & 0x1f,
+                allocation_length: be16(cdb, 7),
+            },
+            Opcode::PERSISTENT_RESERVE_OUT => Cdb::PersistentReserveOut {
+                parameter_list_length: be32(cdb, 5),
+            },
+            Opcode::EXTENDED_COPY => Cdb::ExtendedCopy {
+                parameter_list_length: be32(cdb, 10),
+            },
+            Opcode::RECEIVE_COPY_RESULTS => Cdb::ReceiveCopyResults,
             Opcode::READ_6 | Opcode::WRITE_6 => {
                 // SBC-3 §5.10: a TRANSFER LENGTH of 0 means 256 blocks.
                 let lba = u64::from(b1 & 0x1f) << 16 | u64::from(be16(cdb, 2));
@@ -389,7 +621,18 @@ impl Cdb {
     /// True for commands that write the medium (refused on a read-only LU with
     /// DATA PROTECT / WRITE PROTECTED, SBC-3 §4.13).
     pub fn is_write(&self) -> bool {
-        matches!(self, Cdb::Write { .. })
+        matches!(
+            self,
+            Cdb::Write { .. }
+                | Cdb::WriteSame { .. }
+                | Cdb::Unmap { .. }
+                | Cdb::CompareAndWrite { .. }
+                | Cdb::OrWrite { .. }
+                | Cdb::WriteAndVerify { .. }
+                | Cdb::WriteAtomic { .. }
+                | Cdb::Sanitize { .. }
+                | Cdb::ExtendedCopy { .. }
+        )
     }
 }
 
@@ -430,6 +673,31 @@ pub fn is_supported(op: Opcode) -> bool {
             | Opcode::SYNCHRONIZE_CACHE_16
             | Opcode::START_STOP_UNIT
             | Opcode::PREVENT_ALLOW_MEDIUM_REMOVAL
+            | Opcode::MAINTENANCE_IN
+            | Opcode::PRE_FETCH_10
+            | Opcode::PRE_FETCH_16
+            | Opcode::READ_DEFECT_DATA_10
+            | Opcode::READ_DEFECT_DATA_12
+            | Opcode::WRITE_SAME_10
+            | Opcode::WRITE_SAME_16
+            | Opcode::UNMAP
+            | Opcode::COMPARE_AND_WRITE
+            | Opcode::ORWRITE_16
+            | Opcode::WRITE_AND_VERIFY_10
+            | Opcode::WRITE_AND_VERIFY_12
+            | Opcode::WRITE_AND_VERIFY_16
+            | Opcode::WRITE_ATOMIC_16
+            | Opcode::SANITIZE
+            | Opcode::MODE_SELECT_6
+            | Opcode::MODE_SELECT_10
+            | Opcode::RESERVE_6
+            | Opcode::RELEASE_6
+            | Opcode::RESERVE_10
+            | Opcode::RELEASE_10
+            | Opcode::PERSISTENT_RESERVE_IN
+            | Opcode::PERSISTENT_RESERVE_OUT
+            | Opcode::EXTENDED_COPY
+            | Opcode::RECEIVE_COPY_RESULTS
     )
 }
 
@@ -570,7 +838,7 @@ mod tests {
         // SERVICE ACTION IN other than READ CAPACITY(16)
         let mut sai = [0u8; 16];
         sai[0] = 0x9e;
-        sai[1] = 0x12;
+        sai[1] = 0x13;
         assert!(matches!(
             Cdb::decode(&sai),
             Err(CdbError::InvalidField { byte: 1, .. })

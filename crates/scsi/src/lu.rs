@@ -47,6 +47,9 @@ pub struct LuConfig {
     /// tgt: "beaf" + tid + lun digits, e.g. "beaf11".
     pub scsi_sn: String,
     pub readonly: bool,
+    /// Software write protect, set by MODE SELECT in the Control mode page
+    /// (SPC-4 §7.5.8 SWP): the medium is write protected while it is set.
+    pub swp: bool,
     pub removable: bool,
     pub online: bool,
     pub thin_provisioning: bool,
@@ -73,6 +76,7 @@ impl LuConfig {
             scsi_id: format!("IET     {:04x}{:04x}", tid, lun),
             scsi_sn: format!("beaf{}{}", tid, lun),
             readonly: false,
+            swp: false,
             removable: false,
             online: true,
             thin_provisioning: false,
@@ -93,6 +97,11 @@ impl LuConfig {
     /// Block size actually used for arithmetic: never 0, so a bad config cannot divide by zero.
     pub(crate) fn block_len(&self) -> u32 {
         self.block_size.max(1)
+    }
+
+    /// Write protected: read-only LU or software write protect (SBC-3 §4.13).
+    pub fn write_protected(&self) -> bool {
+        self.readonly || self.swp
     }
 
     /// Number of logical blocks (SBC-3 §4.5).
@@ -199,30 +208,115 @@ impl Response {
     }
 }
 
-/// What a plan asks the backing store to do.
+/// What a plan asks the backing store to do (one store operation each; see
+/// rtgt-backing's `IoOp` for the exact contract).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoKind {
+    /// Fill data-in from the medium (READ, SBC-3 §5.11).
     Read,
+    /// Write data-out to the medium (WRITE, WRITE AND VERIFY, SBC-3 §5.35).
     Write,
     /// Flush the store's cache (SYNCHRONIZE CACHE, SBC-3 §5.22).
     Flush,
+    /// Deallocate `span` bytes at `offset`, and each of `extra`'s ranges (UNMAP,
+    /// WRITE SAME with UNMAP, SANITIZE BLOCK ERASE; SBC-3 §4.7.3).
+    Unmap,
+    /// Write one block of data-out (or of `extra`'s buffer) over `span` bytes
+    /// (WRITE SAME, SANITIZE OVERWRITE; SBC-3 §5.42).
+    WriteSame,
+    /// Compare the first half of data-out with the medium, write the second half
+    /// when equal, atomically (COMPARE AND WRITE, SBC-3 §5.2).
+    CompareAndWrite,
+    /// Compare data-out (repeated) with `span` bytes of the medium (VERIFY with
+    /// BYTCHK 01b/11b, SBC-3 §5.29).
+    Compare,
+    /// OR data-out into the medium, atomically (ORWRITE, SBC-3 §5.9).
+    OrWrite,
+    /// Report the allocation of `span` bytes into data-in (GET LBA STATUS, SBC-3 §5.5).
+    Extents,
+    /// Copy `span` bytes from LUN `source`'s store into this one (EXTENDED COPY,
+    /// SPC-4 §6.4).
+    Copy,
+    /// Write data-out so that no reader sees part of it (WRITE ATOMIC(16), SBC-4 §5.48).
+    WriteAtomic,
+}
+
+/// Which of the command's buffers a plan hands to the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanBuffer {
+    /// No buffer (Flush, Unmap, Copy).
+    None,
+    /// The data-in buffer, `len` bytes (the store fills it).
+    DataIn,
+    /// The first `len` bytes of data-out (or of [`PlanExtra::Buffer`]).
+    DataOut,
+}
+
+impl IoKind {
+    /// The buffer this kind of operation uses.
+    pub fn buffer(self) -> PlanBuffer {
+        match self {
+            IoKind::Read | IoKind::Extents => PlanBuffer::DataIn,
+            IoKind::Write
+            | IoKind::WriteSame
+            | IoKind::CompareAndWrite
+            | IoKind::Compare
+            | IoKind::OrWrite
+            | IoKind::WriteAtomic => PlanBuffer::DataOut,
+            IoKind::Flush | IoKind::Unmap | IoKind::Copy => PlanBuffer::None,
+        }
+    }
+}
+
+/// Plan data that does not fit the fixed fields.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum PlanExtra {
+    #[default]
+    None,
+    /// Unmap: further (byte offset, bytes) ranges after the first.
+    Ranges(Vec<(u64, u64)>),
+    /// WriteSame: the block to write, built by the device server (SANITIZE
+    /// OVERWRITE's initialization pattern), used instead of data-out.
+    Buffer(Vec<u8>),
 }
 
 /// I/O for the caller to run on the backing store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IoPlan {
     pub kind: IoKind,
     /// Byte offset on the store.
     pub offset: u64,
-    /// Bytes = blocks * block_size, capped to the caller's buffer (0 for Flush); reads
-    /// put data at data_in[0..len]; writes take data_out[0..len].
+    /// Bytes of the buffer the store uses ([`IoKind::buffer`]): reads and extents
+    /// put data at data_in[0..len]; data-out kinds take data_out[0..len].
     pub len: usize,
     /// Force unit access (SBC-3 §5.11): write through / read from the medium.
     pub fua: bool,
-    /// Bytes the CDB's TRANSFER LENGTH asks for (blocks * block_size). `len` is less
+    /// Bytes the CDB's TRANSFER LENGTH asks for (data-in or data-out). `len` is less
     /// when the iSCSI buffer is shorter; the difference is the iSCSI residual
     /// (RFC 7143 §11.4.5.2). 0 for Flush.
     pub transfer_len: usize,
+    /// Bytes of the medium covered by Unmap, WriteSame, Compare, Extents and Copy.
+    pub span: u64,
+    /// Copy: the LUN whose store is read, and the byte offset there.
+    pub source: Option<(u64, u64)>,
+    pub extra: PlanExtra,
+}
+
+impl IoPlan {
+    /// A plan of `kind` at `offset` using `len` bytes of buffer, covering as many
+    /// bytes of the medium, with the transfer length equal to `len`.
+    pub fn new(kind: IoKind, offset: u64, len: usize) -> IoPlan {
+        IoPlan {
+            kind,
+            offset,
+            len,
+            fua: false,
+            transfer_len: len,
+            span: len as u64,
+            source: None,
+            extra: PlanExtra::None,
+        }
+    }
 }
 
 /// Linux errno values the store may return (asm-generic/errno-base.h).
@@ -269,6 +363,12 @@ impl LogicalUnit {
     /// INQUIRY DATA HAS CHANGED (SPC-4 §6.6.1) for identification, MODE PARAMETERS
     /// CHANGED (SPC-4 §6.11) for WCE or write protection.
     pub fn update(&self, f: impl FnOnce(&mut LuConfig)) {
+        self.update_except(None, f)
+    }
+
+    /// [`LogicalUnit::update`], sparing `except` the unit attentions (the I_T nexus
+    /// whose MODE SELECT made the change, SPC-4 §6.9).
+    pub fn update_except(&self, except: Option<NexusId>, f: impl FnOnce(&mut LuConfig)) {
         let mut raised = Vec::new();
         {
             let mut cfg = self.config.write().unwrap_or_else(|e| e.into_inner());
@@ -289,12 +389,15 @@ impl LogicalUnit {
             {
                 raised.push(Asc::INQUIRY_DATA_HAS_CHANGED);
             }
-            if old.write_cache != cfg.write_cache || old.readonly != cfg.readonly {
+            if old.write_cache != cfg.write_cache
+                || old.readonly != cfg.readonly
+                || old.swp != cfg.swp
+            {
                 raised.push(Asc::MODE_PARAMETERS_CHANGED);
             }
         }
         for asc in raised {
-            self.raise_unit_attention(asc);
+            self.raise_unit_attention_except(asc, except);
         }
     }
 
@@ -321,7 +424,15 @@ impl LogicalUnit {
     /// Queue a unit attention for every nexus (e.g. REPORTED LUNS DATA HAS CHANGED
     /// when the target's LUN set changes). A condition already queued is not repeated.
     pub fn raise_unit_attention(&self, asc: Asc) {
-        for n in lock(&self.state).nexuses.values_mut() {
+        self.raise_unit_attention_except(asc, None)
+    }
+
+    /// [`LogicalUnit::raise_unit_attention`] for every nexus but `except`.
+    pub fn raise_unit_attention_except(&self, asc: Asc, except: Option<NexusId>) {
+        for (id, n) in lock(&self.state).nexuses.iter_mut() {
+            if Some(*id) == except {
+                continue;
+            }
             let q = &mut n.unit_attentions;
             if !q.contains(&asc) && q.len() < UA_QUEUE_MAX {
                 q.push_back(asc);
@@ -368,13 +479,46 @@ impl LogicalUnit {
     /// Data-out bytes the CDB asks for (TRANSFER LENGTH × block size for WRITE), for
     /// the transport's residual computation (RFC 7143 §11.4.5.2); 0 when none.
     pub fn data_out_len(&self, cdb: &[u8]) -> usize {
-        match Cdb::decode(cdb) {
-            Ok(Cdb::Write { blocks, .. }) => {
-                let bytes = u64::from(blocks) * u64::from(self.cfg().block_len());
-                usize::try_from(bytes).unwrap_or(usize::MAX)
-            }
+        let bs = u64::from(self.cfg().block_len());
+        let bytes = match Cdb::decode(cdb) {
+            Ok(
+                Cdb::Write { blocks, .. }
+                | Cdb::WriteAndVerify { blocks, .. }
+                | Cdb::OrWrite { blocks, .. }
+                | Cdb::WriteAtomic { blocks, .. },
+            ) => u64::from(blocks) * bs,
+            Ok(Cdb::CompareAndWrite { blocks, .. }) => 2 * u64::from(blocks) * bs,
+            Ok(Cdb::Verify { blocks, bytchk, .. }) => match bytchk {
+                1 => u64::from(blocks) * bs,
+                3 => bs,
+                _ => 0,
+            },
+            Ok(Cdb::WriteSame { ndob: false, .. }) => bs,
+            Ok(
+                Cdb::Unmap {
+                    parameter_list_length,
+                    ..
+                }
+                | Cdb::ModeSelect {
+                    parameter_list_length,
+                    ..
+                }
+                | Cdb::Sanitize {
+                    parameter_list_length,
+                    ..
+                },
+            ) => u64::from(parameter_list_length),
+            Ok(
+                Cdb::PersistentReserveOut {
+                    parameter_list_length,
+                }
+                | Cdb::ExtendedCopy {
+                    parameter_list_length,
+                },
+            ) => u64::from(parameter_list_length),
             _ => 0,
-        }
+        };
+        usize::try_from(bytes).unwrap_or(usize::MAX)
     }
 
     /// Execute a command. Emulated commands write their data-in into `data_in` (a
@@ -501,10 +645,78 @@ impl LogicalUnit {
             Cdb::Read { .. }
             | Cdb::Write { .. }
             | Cdb::Verify { .. }
-            | Cdb::SynchronizeCache { .. } => {
+            | Cdb::SynchronizeCache { .. }
+            | Cdb::PreFetch { .. }
+            | Cdb::WriteSame { .. }
+            | Cdb::Unmap { .. }
+            | Cdb::CompareAndWrite { .. }
+            | Cdb::OrWrite { .. }
+            | Cdb::WriteAndVerify { .. }
+            | Cdb::WriteAtomic { .. }
+            | Cdb::GetLbaStatus { .. } => {
                 ready(&cfg)?;
-                sbc::plan(&cfg, &cdb, op, data_in.len(), cmd.data_out.len())
+                sbc::plan(&cfg, &cdb, op, data_in.len(), cmd.data_out)
             }
+            Cdb::ReadDefectData {
+                twelve,
+                req_plist,
+                req_glist,
+                format,
+                allocation_length,
+            } => {
+                ready(&cfg)?;
+                done(spc::read_defect_data(
+                    twelve,
+                    req_plist,
+                    req_glist,
+                    format,
+                    allocation_length,
+                    data_in,
+                ))
+            }
+            Cdb::ModeSelect {
+                ten,
+                pf,
+                sp,
+                parameter_list_length,
+            } => {
+                let n = usize::from(parameter_list_length).min(cmd.data_out.len());
+                let sel = spc::mode_select(&cfg, ten, pf, sp, &cmd.data_out[..n])?;
+                drop(cfg);
+                // SPC-4 §6.9: MODE PARAMETERS CHANGED for every other I_T nexus.
+                self.update_except(Some(cmd.nexus), |c| {
+                    c.write_cache = sel.write_cache;
+                    c.swp = sel.swp;
+                });
+                done(0)
+            }
+            Cdb::ReportTargetPortGroups {
+                extended,
+                allocation_length,
+            } => done(spc::report_target_port_groups(
+                extended,
+                allocation_length,
+                data_in,
+            )),
+            Cdb::ReportSupportedTmfs {
+                repd,
+                allocation_length,
+            } => done(spc::report_supported_tmfs(repd, allocation_length, data_in)),
+            Cdb::Sanitize {
+                service_action,
+                parameter_list_length,
+                ..
+            } => {
+                ready(&cfg)?;
+                sbc::sanitize(&cfg, service_action, parameter_list_length, cmd.data_out)
+            }
+            Cdb::Reserve
+            | Cdb::Release
+            | Cdb::PersistentReserveIn { .. }
+            | Cdb::PersistentReserveOut { .. }
+            | Cdb::ExtendedCopy { .. }
+            | Cdb::ReceiveCopyResults
+            | Cdb::ReportSupportedOperationCodes => Err(CdbError::UnsupportedOpcode(op.0).sense()),
             Cdb::StartStopUnit {
                 power_condition,
                 loej,
@@ -541,47 +753,69 @@ impl LogicalUnit {
             return Err(Sense::invalid_field_in_cdb(4, Some(1)));
         }
         let mut st = lock(&self.state);
-        if start {
-            st.medium_loaded = true;
-        } else if st.nexuses.values().any(|n| n.prevent_removal) {
+        // SBC-3 §5.20: while medium removal is prevented, neither eject nor load
+        // may move the medium (libiscsi's PreventAllow.Eject checks both).
+        if st.nexuses.values().any(|n| n.prevent_removal) {
             return Err(Sense::new(
                 SenseKey::ILLEGAL_REQUEST,
                 Asc::MEDIUM_REMOVAL_PREVENTED,
             ));
-        } else {
-            st.medium_loaded = false;
         }
+        st.medium_loaded = start;
         Ok(())
     }
 
-    /// Turn the store's result for a plan into the final response (errno mapping:
-    /// ENOSPC -> SPACE ALLOCATION FAILED / write error per SBC-3 §4.7.3.6, EIO on read
-    /// -> MEDIUM ERROR / UNRECOVERED READ ERROR, EIO on write -> MEDIUM ERROR / WRITE
-    /// ERROR, others -> HARDWARE ERROR / INTERNAL TARGET FAILURE). A short transfer is
-    /// reported like EIO.
-    pub fn complete_io(&self, plan: &IoPlan, result: Result<usize, i32>) -> Response {
-        let thin = self.cfg().thin_provisioning;
-        let err = match result {
-            Ok(n) if plan.kind == IoKind::Flush || n >= plan.len => {
-                return Response::good(if plan.kind == IoKind::Read {
-                    plan.transfer_len
-                } else {
-                    0
-                });
+    /// Turn the store's result for a plan into the final response. `buf` is the
+    /// buffer the store used (GET LBA STATUS turns its extent records into
+    /// parameter data in place).
+    ///
+    /// Compare kinds report the bytes that matched: fewer than compared is a
+    /// MISCOMPARE with that offset in INFORMATION (SBC-3 §5.2, §5.29). Errno mapping:
+    /// ENOSPC -> SPACE ALLOCATION FAILED on a thin LU (SBC-3 §4.7.3.6) or WRITE ERROR,
+    /// EIO on read -> MEDIUM ERROR / UNRECOVERED READ ERROR, EIO on write -> MEDIUM
+    /// ERROR / WRITE ERROR, EROFS -> WRITE PROTECTED, others -> HARDWARE ERROR /
+    /// INTERNAL TARGET FAILURE. A short transfer is reported like EIO.
+    pub fn complete_io(&self, plan: &IoPlan, result: Result<usize, i32>, buf: &mut [u8]) -> Response {
+        let err = match (plan.kind, result) {
+            (IoKind::Extents, Ok(n)) => {
+                let cfg = self.cfg();
+                let lba = plan.offset / u64::from(cfg.block_len());
+                let len = sbc::lba_status_from_extents(&cfg, lba, buf, n, plan.transfer_len);
+                return Response::good(len);
             }
-            Ok(_) => errno::EIO,
-            Err(e) => e,
+            (IoKind::CompareAndWrite | IoKind::Compare, Ok(n)) => {
+                let compared = if plan.kind == IoKind::Compare {
+                    plan.span
+                } else {
+                    plan.len as u64 / 2
+                };
+                if n as u64 >= compared {
+                    return Response::good(0);
+                }
+                let mut sense = Sense::new(SenseKey::MISCOMPARE, Asc::MISCOMPARE_DURING_VERIFY_OPERATION);
+                sense.information = Some(u32::try_from(n).unwrap_or(u32::MAX));
+                return Response::check_condition(sense);
+            }
+            (IoKind::Flush | IoKind::Unmap | IoKind::WriteSame | IoKind::Copy, Ok(_)) => {
+                return Response::good(0);
+            }
+            (IoKind::Read, Ok(n)) if n >= plan.len => return Response::good(plan.transfer_len),
+            (_, Ok(n)) if n >= plan.len => return Response::good(0),
+            (_, Ok(_)) => errno::EIO,
+            (_, Err(e)) => e,
         };
-        let (key, asc) = match (plan.kind, err) {
-            (IoKind::Read, errno::EIO) => (SenseKey::MEDIUM_ERROR, Asc::UNRECOVERED_READ_ERROR),
-            (IoKind::Write | IoKind::Flush, errno::ENOSPC | errno::EDQUOT) if thin => (
+        let writes = !matches!(plan.kind, IoKind::Read | IoKind::Extents | IoKind::Compare);
+        let thin = self.cfg().thin_provisioning;
+        let (key, asc) = match err {
+            errno::EIO if !writes => (SenseKey::MEDIUM_ERROR, Asc::UNRECOVERED_READ_ERROR),
+            errno::ENOSPC | errno::EDQUOT if writes && thin => (
                 SenseKey::DATA_PROTECT,
                 Asc::SPACE_ALLOCATION_FAILED_WRITE_PROTECT,
             ),
-            (IoKind::Write | IoKind::Flush, errno::EIO | errno::ENOSPC | errno::EDQUOT) => {
+            errno::EIO | errno::ENOSPC | errno::EDQUOT if writes => {
                 (SenseKey::MEDIUM_ERROR, Asc::WRITE_ERROR)
             }
-            (IoKind::Write, errno::EROFS) => (SenseKey::DATA_PROTECT, Asc::WRITE_PROTECTED),
+            errno::EROFS if writes => (SenseKey::DATA_PROTECT, Asc::WRITE_PROTECTED),
             _ => (SenseKey::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE),
         };
         Response::check(key, asc)

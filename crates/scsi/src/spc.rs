@@ -76,7 +76,11 @@ pub fn standard_inquiry(cfg: &LuConfig) -> [u8; STANDARD_INQUIRY_LEN] {
     b[2] = VERSION_SPC4;
     b[3] = 0x10 | 0x02; // HISUP, RESPONSE DATA FORMAT 2
     b[4] = (STANDARD_INQUIRY_LEN - 5) as u8; // ADDITIONAL LENGTH
-                                             // Byte 5: SCCS 0, TPGS 00b (no ALUA yet), 3PC 0, PROTECT 0.
+    if cfg.device_type == DeviceType::Disk {
+        // TPGS 01b: implicit ALUA (REPORT TARGET PORT GROUPS, SPC-4 §5.15);
+        // 3PC: EXTENDED COPY (SPC-4 §6.4).
+        b[5] = 0x10 | 0x08;
+    }
     b[7] = 0x02; // CMDQUE
     put_ascii(&mut b[8..16], &cfg.vendor_id);
     put_ascii(&mut b[16..32], &cfg.product_id);
@@ -189,7 +193,8 @@ fn device_identification(cfg: &LuConfig, out: &mut Out<'_>) {
     let specific_len = specific.len().min(MAX_ID_LEN);
     let t10_len = 8 + specific_len;
     let naa_len = 8;
-    let page_len = 4 + t10_len + 4 + naa_len;
+    let port_len = 4 + 4 + 4 + 4;
+    let page_len = 4 + t10_len + 4 + naa_len + port_len;
     out.put(&[
         cfg.device_type.peripheral_type(),
         vpd::DEVICE_IDENTIFICATION,
@@ -205,6 +210,13 @@ fn device_identification(cfg: &LuConfig, out: &mut Out<'_>) {
     // CODE SET 1 (binary); DESIGNATOR TYPE 3 (NAA).
     out.put(&[0x01, 0x03, 0, naa_len as u8]);
     out.put(&naa_designator(&cfg.scsi_id).to_be_bytes());
+    // PROTOCOL IDENTIFIER 5 (iSCSI), CODE SET 1, PIV 1, ASSOCIATION 01b (target
+    // port): RELATIVE TARGET PORT (type 4, §7.8.6.7) and TARGET PORT GROUP (type 5,
+    // §7.8.6.8), which ALUA initiators read with REPORT TARGET PORT GROUPS.
+    out.put(&[0x51, 0x94, 0, 4, 0, 0]);
+    out.put(&RELATIVE_TARGET_PORT.to_be_bytes());
+    out.put(&[0x51, 0x95, 0, 4, 0, 0]);
+    out.put(&TARGET_PORT_GROUP.to_be_bytes());
 }
 
 /// Block Limits VPD (SBC-3 §6.5.3), page length 0x3C.
@@ -217,6 +229,8 @@ fn block_limits(cfg: &LuConfig) -> [u8; 64] {
     // OPTIMAL TRANSFER LENGTH GRANULARITY: 4 KiB worth of blocks.
     let granularity = (4096 / bs).max(1) as u16;
     b[6..8].copy_from_slice(&granularity.to_be_bytes());
+    // MAXIMUM COMPARE AND WRITE LENGTH (byte 5).
+    b[5] = crate::sbc::MAX_COMPARE_AND_WRITE_BLOCKS as u8;
     let max_blocks = cfg.max_transfer / bs;
     b[8..12].copy_from_slice(&max_blocks.to_be_bytes()); // MAXIMUM TRANSFER LENGTH
     b[12..16].copy_from_slice(&max_blocks.to_be_bytes()); // OPTIMAL TRANSFER LENGTH
@@ -224,9 +238,15 @@ fn block_limits(cfg: &LuConfig) -> [u8; 64] {
         // MAXIMUM UNMAP LBA COUNT and MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT are
         // non-zero exactly when LBPU is set (SBC-3 §6.5.3).
         b[20..24].copy_from_slice(&u32::MAX.to_be_bytes());
-        b[24..28].copy_from_slice(&255u32.to_be_bytes());
-        b[28..32].copy_from_slice(&u32::from(granularity).to_be_bytes());
+        b[24..28].copy_from_slice(&crate::sbc::MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+        // OPTIMAL UNMAP GRANULARITY: one physical block (a file's page).
+        let unmap_granularity = (crate::sbc::PHYSICAL_BLOCK / bs).max(1);
+        b[28..32].copy_from_slice(&unmap_granularity.to_be_bytes());
     }
+    // MAXIMUM ATOMIC TRANSFER LENGTH (bytes 44..48, SBC-4 §6.6.4); ATOMIC
+    // ALIGNMENT 0 and ATOMIC TRANSFER LENGTH GRANULARITY 0 (any); no atomic
+    // boundaries.
+    b[44..48].copy_from_slice(&(crate::sbc::MAX_ATOMIC_BYTES / bs).max(1).to_be_bytes());
     b
 }
 
@@ -306,8 +326,8 @@ pub mod mode_page {
 }
 
 /// Append one mode page (current/default, or changeable mask) to `buf` at `at`;
-/// returns the new end. All mode parameters are fixed (no MODE SELECT), so the
-/// changeable mask is all zeros (SPC-4 §6.11.1).
+/// returns the new end. MODE SELECT may change WCE (Caching) and SWP (Control);
+/// every other field is fixed (SPC-4 §6.11.1).
 fn put_mode_page(
     cfg: &LuConfig,
     page: u8,
@@ -323,7 +343,8 @@ fn put_mode_page(
         }
         mode_page::CACHING => {
             // SBC-3 §6.4.5: page length 12h; WCE per config, RCD 0.
-            if pc != PageControl::CHANGEABLE && cfg.write_cache {
+            // WCE is changeable by MODE SELECT (SBC-3 §6.4.5).
+            if pc == PageControl::CHANGEABLE || cfg.write_cache {
                 p[2] = 0x04; // WCE
             }
             20
@@ -331,8 +352,12 @@ fn put_mode_page(
         mode_page::CONTROL => {
             // SPC-4 §7.5.8: page length 0Ah; TST 000b, QUEUE ALGORITHM MODIFIER 1
             // (unrestricted reordering), TAS 1, BUSY TIMEOUT PERIOD unlimited.
-            if pc != PageControl::CHANGEABLE {
+            // SWP (byte 4 bit 3) is the one changeable field (SPC-4 §7.5.8).
+            if pc == PageControl::CHANGEABLE {
+                p[4] = 0x08;
+            } else {
                 p[3] = 0x10;
+                p[4] = if cfg.swp { 0x08 } else { 0 };
                 p[5] = 0x40;
                 p[8] = 0xff;
                 p[9] = 0xff;
@@ -402,7 +427,7 @@ pub fn mode_sense(cfg: &LuConfig, a: ModeSenseArgs, data_in: &mut [u8]) -> Resul
     };
     // DEVICE-SPECIFIC PARAMETER (SBC-3 §6.4.1): WP when read-only, DPOFUA supported.
     let mut dsp = 0x10;
-    if cfg.readonly {
+    if cfg.write_protected() {
         dsp |= 0x80;
     }
     let mut out = Out::new(data_in, usize::from(a.allocation_length));
@@ -424,4 +449,175 @@ pub fn mode_sense(cfg: &LuConfig, a: ModeSenseArgs, data_in: &mut [u8]) -> Resul
     out.put(&desc[..desc_len]);
     out.put(&body[..end]);
     Ok(out.finish())
+}
+
+/// The mode parameters MODE SELECT may change (SPC-4 §6.9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModeSelection {
+    /// Caching page WCE (SBC-3 §6.4.5).
+    pub write_cache: bool,
+    /// Control page SWP (SPC-4 §7.5.8).
+    pub swp: bool,
+}
+
+/// MODE SELECT(6)/(10) (SPC-4 §6.9, §6.10): parse the parameter list (header,
+/// block descriptors, pages) against the current values. Only the Caching page's
+/// WCE and the Control page's SWP are changeable; any other difference from the
+/// current page is INVALID FIELD IN PARAMETER LIST (SPC-4 §6.9: a field that is
+/// not changeable must hold its current value). SP=1 is refused: nothing is saved.
+pub fn mode_select(
+    cfg: &LuConfig,
+    ten: bool,
+    pf: bool,
+    sp: bool,
+    param: &[u8],
+) -> Result<ModeSelection, Sense> {
+    let mut sel = ModeSelection {
+        write_cache: cfg.write_cache,
+        swp: cfg.swp,
+    };
+    if sp {
+        return Err(Sense::invalid_field_in_cdb(1, Some(0)));
+    }
+    if param.is_empty() {
+        return Ok(sel);
+    }
+    if !pf {
+        // Vendor-specific page format is not supported.
+        return Err(Sense::invalid_field_in_cdb(1, Some(4)));
+    }
+    let header = if ten { 8 } else { 4 };
+    if param.len() < header {
+        return Err(Sense::new(
+            SenseKey::ILLEGAL_REQUEST,
+            Asc::PARAMETER_LIST_LENGTH_ERROR,
+        ));
+    }
+    let bdl = if ten {
+        usize::from(u16::from_be_bytes([param[6], param[7]]))
+    } else {
+        usize::from(param[3])
+    };
+    let mut at = header + bdl;
+    if at > param.len() {
+        return Err(Sense::new(
+            SenseKey::ILLEGAL_REQUEST,
+            Asc::PARAMETER_LIST_LENGTH_ERROR,
+        ));
+    }
+    while at < param.len() {
+        let code = param[at] & 0x3f;
+        if param[at] & 0x40 != 0 {
+            // SPF: no subpages here.
+            return Err(Sense::invalid_field_in_parameter_list(at as u16, Some(6)));
+        }
+        let Some(&plen) = param.get(at + 1) else {
+            return Err(Sense::new(
+                SenseKey::ILLEGAL_REQUEST,
+                Asc::PARAMETER_LIST_LENGTH_ERROR,
+            ));
+        };
+        let end = at + 2 + usize::from(plen);
+        let Some(page) = param.get(at..end) else {
+            return Err(Sense::new(
+                SenseKey::ILLEGAL_REQUEST,
+                Asc::PARAMETER_LIST_LENGTH_ERROR,
+            ));
+        };
+        let mut current = [0u8; 128];
+        let cur_end = put_mode_page(cfg, code, PageControl::CURRENT, &mut current, 0);
+        let mut mask = [0u8; 128];
+        put_mode_page(cfg, code, PageControl::CHANGEABLE, &mut mask, 0);
+        if cur_end == 0 {
+            return Err(Sense::invalid_field_in_parameter_list(at as u16, Some(5)));
+        }
+        if page.len() != cur_end {
+            return Err(Sense::invalid_field_in_parameter_list(at as u16 + 1, Some(7)));
+        }
+        // Byte 0 carries PS (bit 7), which MODE SELECT ignores.
+        for i in 1..page.len() {
+            if (page[i] ^ current[i]) & !mask[i] != 0 {
+                return Err(Sense::invalid_field_in_parameter_list((at + i) as u16, None));
+            }
+        }
+        match code {
+            mode_page::CACHING => sel.write_cache = page[2] & 0x04 != 0,
+            mode_page::CONTROL => sel.swp = page[4] & 0x08 != 0,
+            _ => {}
+        }
+        at = end;
+    }
+    Ok(sel)
+}
+
+/// READ DEFECT DATA(10)/(12) (SBC-3 §5.17, §5.18): a file or device store has no
+/// defect list, so the header reports PLISTV/GLISTV as requested with an empty list.
+pub fn read_defect_data(
+    twelve: bool,
+    req_plist: bool,
+    req_glist: bool,
+    format: u8,
+    allocation_length: u32,
+    data_in: &mut [u8],
+) -> usize {
+    let flags = (u8::from(req_plist) << 4) | (u8::from(req_glist) << 3) | format;
+    let mut out = Out::new(data_in, allocation_length as usize);
+    if twelve {
+        out.put(&[0, flags, 0, 0, 0, 0, 0, 0]);
+    } else {
+        out.put(&[0, flags, 0, 0]);
+    }
+    out.finish()
+}
+
+/// REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-4 §6.37): ABORT TASK, ABORT
+/// TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET and TARGET RESET (iSCSI's warm and
+/// cold resets, RFC 7143 §11.5.1).
+pub fn report_supported_tmfs(repd: bool, allocation_length: u32, data_in: &mut [u8]) -> usize {
+    // ATS, ATSS, CACAS=0, CTSS, LURS, QTS=0, TRS, WAKES=0.
+    let b0 = 0x80 | 0x40 | 0x10 | 0x08 | 0x02;
+    let mut out = Out::new(data_in, allocation_length as usize);
+    if repd {
+        // Extended format: 16 bytes, REPORT SUPPORTED TMF ADDITIONAL DATA 0Ch.
+        let mut b = [0u8; 16];
+        b[0] = b0;
+        b[3] = 0x0c;
+        out.put(&b);
+    } else {
+        out.put(&[b0, 0, 0, 0]);
+    }
+    out.finish()
+}
+
+/// The one target port group every LU is reachable through (ALUA, SPC-4 §5.15).
+pub const TARGET_PORT_GROUP: u16 = 1;
+/// RELATIVE TARGET PORT IDENTIFIER of the iSCSI target port (SPC-4 §7.8.6.6).
+pub const RELATIVE_TARGET_PORT: u16 = 1;
+
+/// REPORT TARGET PORT GROUPS (SPC-4 §6.36): one group, active/optimized, with the
+/// one target port; implicit ALUA (TPGS=01b in INQUIRY).
+pub fn report_target_port_groups(
+    extended: bool,
+    allocation_length: u32,
+    data_in: &mut [u8],
+) -> usize {
+    let mut d = [0u8; 12];
+    // PREF=1, ASYMMETRIC ACCESS STATE 0 (active/optimized).
+    d[0] = 0x80;
+    // Supported states: AO_SUP only, the one state this target port is ever in.
+    d[1] = 0x01;
+    d[2..4].copy_from_slice(&TARGET_PORT_GROUP.to_be_bytes());
+    d[5] = 0x01; // STATUS CODE: altered by implicit ALUA
+    d[7] = 1; // TARGET PORT COUNT
+    d[10..12].copy_from_slice(&RELATIVE_TARGET_PORT.to_be_bytes());
+    let header = if extended { 8 } else { 4 };
+    let total = header + d.len();
+    let mut out = Out::new(data_in, allocation_length as usize);
+    out.put(&((total - 4) as u32).to_be_bytes());
+    if extended {
+        // FORMAT TYPE 001b, IMPLICIT TRANSITION TIME 0.
+        out.put(&[0x10, 0, 0, 0]);
+    }
+    out.put(&d);
+    out.finish()
 }

@@ -474,10 +474,12 @@ fn read_plans() {
             offset: 10 * 512,
             len: 2048,
             fua: true,
-            transfer_len: 2048
+            transfer_len: 2048,
+            span: 2048,
+            ..IoPlan::new(IoKind::Read, 0, 0)
         }
     );
-    assert_eq!(lu.complete_io(&p, Ok(2048)), Response::good(2048));
+    assert_eq!(lu.complete_io(&p, Ok(2048), &mut []), Response::good(2048));
     // READ(6) transfer length 0 = 256 blocks.
     let p = io(exec(&lu, &[0x08, 0, 0, 0, 0, 0], &[], &mut buf));
     assert_eq!((p.len, p.transfer_len), (8192, 256 * 512));
@@ -490,7 +492,7 @@ fn read_plans() {
     let mut small = [0u8; 100];
     let p = io(exec(&lu, &rw10(0x28, 0, 0, 1), &[], &mut small));
     assert_eq!((p.len, p.transfer_len), (100, 512));
-    assert_eq!(lu.complete_io(&p, Ok(100)).data_in_len, 512);
+    assert_eq!(lu.complete_io(&p, Ok(100), &mut []).data_in_len, 512);
 }
 
 #[test]
@@ -553,10 +555,12 @@ fn write_plans_and_underflow() {
             offset: 1024,
             len: 2048,
             fua: true,
-            transfer_len: 2048
+            transfer_len: 2048,
+            span: 2048,
+            ..IoPlan::new(IoKind::Read, 0, 0)
         }
     );
-    assert_eq!(lu.complete_io(&p, Ok(2048)), Response::good(0));
+    assert_eq!(lu.complete_io(&p, Ok(2048), &mut []), Response::good(0));
     // Fewer bytes than asked: only whole blocks received are written.
     let p = io(exec(&lu, &rw10(0x2a, 0, 0, 2), &data[..700], &mut buf));
     assert_eq!((p.len, p.transfer_len), (512, 1024));
@@ -653,10 +657,12 @@ fn verify_and_sync_cache() {
             offset: 4096,
             len: 0,
             fua: false,
-            transfer_len: 0
+            transfer_len: 0,
+            span: 0,
+            ..IoPlan::new(IoKind::Read, 0, 0)
         }
     );
-    assert_eq!(lu.complete_io(&p, Ok(0)), Response::good(0));
+    assert_eq!(lu.complete_io(&p, Ok(0), &mut []), Response::good(0));
     let p = io(exec(&lu, &rw16(0x91, 0, 0, 1024), &[], &mut buf));
     assert_eq!(p.kind, IoKind::Flush);
     let r = done(exec(&lu, &rw16(0x91, 0, 1025, 0), &[], &mut buf));
@@ -706,9 +712,10 @@ fn mode_sense_page_control_and_dbd() {
     assert_eq!(d[3], 0);
     assert_eq!(&d[4..6], &[0x08, 0x12]);
     assert_eq!(d[6] & 0x04, 0);
-    // Changeable: nothing is changeable.
+    // Changeable: only WCE in the caching page.
     let (_, d) = run(&lu, &[0x1a, 0x08, 0x48, 0, 255, 0]);
-    assert!(d[6..].iter().all(|&b| b == 0));
+    assert_eq!(d[6], 0x04);
+    assert!(d[7..].iter().all(|&b| b == 0));
     // Default.
     let (r, _) = run(&lu, &[0x1a, 0x08, 0x8a, 0, 255, 0]);
     assert_eq!(r.status, Status::GOOD);
@@ -772,41 +779,44 @@ fn complete_io_errno_mapping() {
         len: 512,
         fua: false,
         transfer_len: 512,
+        span: 512,
+        source: None,
+        extra: lu::PlanExtra::None,
     };
     let check = |r: Response, k, a| assert_check(&r, k, a);
     check(
-        lu.complete_io(&plan(IoKind::Read), Err(lu::errno::EIO)),
+        lu.complete_io(&plan(IoKind::Read), Err(lu::errno::EIO), &mut []),
         SenseKey::MEDIUM_ERROR,
         Asc::UNRECOVERED_READ_ERROR,
     );
     check(
-        lu.complete_io(&plan(IoKind::Read), Ok(100)),
+        lu.complete_io(&plan(IoKind::Read), Ok(100), &mut []),
         SenseKey::MEDIUM_ERROR,
         Asc::UNRECOVERED_READ_ERROR,
     );
     check(
-        lu.complete_io(&plan(IoKind::Write), Err(lu::errno::EIO)),
+        lu.complete_io(&plan(IoKind::Write), Err(lu::errno::EIO), &mut []),
         SenseKey::MEDIUM_ERROR,
         Asc::WRITE_ERROR,
     );
     check(
-        lu.complete_io(&plan(IoKind::Write), Err(lu::errno::ENOSPC)),
+        lu.complete_io(&plan(IoKind::Write), Err(lu::errno::ENOSPC), &mut []),
         SenseKey::MEDIUM_ERROR,
         Asc::WRITE_ERROR,
     );
     check(
-        lu.complete_io(&plan(IoKind::Read), Err(22)),
+        lu.complete_io(&plan(IoKind::Read), Err(22), &mut []),
         SenseKey::HARDWARE_ERROR,
         Asc::INTERNAL_TARGET_FAILURE,
     );
     check(
-        lu.complete_io(&plan(IoKind::Flush), Err(lu::errno::EIO)),
+        lu.complete_io(&plan(IoKind::Flush), Err(lu::errno::EIO), &mut []),
         SenseKey::MEDIUM_ERROR,
         Asc::WRITE_ERROR,
     );
     lu.update(|c| c.thin_provisioning = true);
     check(
-        lu.complete_io(&plan(IoKind::Write), Err(lu::errno::ENOSPC)),
+        lu.complete_io(&plan(IoKind::Write), Err(lu::errno::ENOSPC), &mut []),
         SenseKey::DATA_PROTECT,
         Asc::SPACE_ALLOCATION_FAILED_WRITE_PROTECT,
     );
@@ -892,20 +902,22 @@ proptest! {
                 }
                 Outcome::Io(p) => {
                     prop_assert_eq!(target, 1);
-                    prop_assert!(p.offset.checked_add(p.len as u64).is_some_and(|e| e <= cfg.size));
+                    prop_assert!(p.offset.checked_add(p.span).is_some_and(|e| e <= cfg.size));
                     prop_assert!(p.len <= cfg.max_transfer as usize);
-                    prop_assert!(p.transfer_len <= cfg.max_transfer as usize);
-                    prop_assert!(p.len <= p.transfer_len || p.kind == IoKind::Flush);
-                    match p.kind {
-                        IoKind::Read => prop_assert!(p.len <= buf.len()),
-                        IoKind::Write => {
-                            prop_assert!(p.len <= data_out.len());
+                    prop_assert!(p.transfer_len <= cfg.max_transfer as usize || p.kind == IoKind::Extents);
+                    match p.kind.buffer() {
+                        lu::PlanBuffer::DataIn if p.kind == IoKind::Read => prop_assert!(p.len <= buf.len()),
+                        lu::PlanBuffer::DataIn => {}
+                        lu::PlanBuffer::DataOut => {
+                            if p.extra == lu::PlanExtra::None {
+                                prop_assert!(p.len <= data_out.len());
+                            }
                             prop_assert!(!cfg.readonly);
                         }
-                        IoKind::Flush => prop_assert_eq!(p.len, 0),
+                        lu::PlanBuffer::None => prop_assert_eq!(p.len, 0),
                     }
                     prop_assert!(cfg.online);
-                    let r = lu.complete_io(&p, Ok(p.len));
+                    let r = lu.complete_io(&p, Ok(p.len.max(p.span as usize)), &mut []);
                     prop_assert_eq!(r.status, Status::GOOD);
                 }
             }
@@ -916,7 +928,7 @@ proptest! {
     fn complete_io_never_panics(len in 0usize..1 << 20, res in any::<Result<usize, i32>>(), k in 0..3u8) {
         let lu = disk();
         let kind = [IoKind::Read, IoKind::Write, IoKind::Flush][usize::from(k)];
-        let r = lu.complete_io(&IoPlan { kind, offset: 0, len, fua: false, transfer_len: len }, res);
+        let r = lu.complete_io(&IoPlan { kind, offset: 0, len, fua: false, transfer_len: len, span: len as u64, source: None, extra: lu::PlanExtra::None }, res, &mut []);
         prop_assert_eq!(r.status == Status::GOOD, r.sense.is_none());
     }
 }
