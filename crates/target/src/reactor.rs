@@ -22,15 +22,16 @@ use slab::Slab;
 use tracing::{debug, info, warn};
 
 use rtgt_backing::{
-    completion_channel, AlignedBuf, BufPool, CompletionReceiver, CompletionSender, IoCompletion,
-    IoOp, IoRequest,
+    completion_channel, AlignedBuf, BufPool, CompletionReceiver, CompletionSender, CopySource,
+    IoCompletion, IoOp, IoRequest,
 };
 use rtgt_iscsi::{
     CommandResponse, Connection, Event, LoginAccept, LoginInfo, LoginStatus, Residual, ScsiCommand,
     SendTargetsScope, SessionType, TargetConfig, TaskManagement,
 };
 use rtgt_scsi::{
-    lun_from_wire, Asc, Command, IoKind, IoPlan, LogicalUnit, NexusId, Outcome, Response, SenseKey,
+    lun_from_wire, Asc, Command, IoKind, IoPlan, LogicalUnit, NexusId, Outcome, PlanBuffer,
+    PlanExtra, Response, SenseKey,
 };
 
 use crate::registry::{
@@ -168,6 +169,27 @@ struct InFlight {
     lu: Arc<LogicalUnit>,
     plan: IoPlan,
     expected_len: u32,
+    /// Store requests still out (UNMAP submits one per block descriptor).
+    pending: usize,
+    /// The first failure among them, else the last success.
+    result: Result<usize, i32>,
+}
+
+/// The store operation that runs a SCSI plan.
+fn store_op(kind: IoKind) -> IoOp {
+    match kind {
+        IoKind::Read => IoOp::Read,
+        IoKind::Write => IoOp::Write,
+        IoKind::Flush => IoOp::Flush,
+        IoKind::Unmap => IoOp::Unmap,
+        IoKind::WriteSame => IoOp::WriteSame,
+        IoKind::CompareAndWrite => IoOp::CompareAndWrite,
+        IoKind::Compare => IoOp::Compare,
+        IoKind::OrWrite => IoOp::OrWrite,
+        IoKind::Extents => IoOp::Extents,
+        IoKind::Copy => IoOp::Copy,
+        IoKind::WriteAtomic => IoOp::WriteAtomic,
+    }
 }
 
 pub struct Reactor {
@@ -583,7 +605,19 @@ impl Reactor {
                 );
             }
             Outcome::Io(plan) => {
-                let (Some(lu), Some(store)) = (snap.table.get(lun), snap.stores.get(&lun)) else {
+                let store = snap.stores.get(&lun);
+                let source = match plan.source {
+                    Some((src_lun, offset)) => snap
+                        .stores
+                        .get(&src_lun)
+                        .map(|s| Some(CopySource {
+                            store: s.clone(),
+                            offset,
+                        })),
+                    None => Some(None),
+                };
+                let (Some(lu), Some(store), Some(source)) = (snap.table.get(lun), store, source)
+                else {
                     let resp =
                         Response::check(SenseKey::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE);
                     finish(
@@ -596,8 +630,8 @@ impl Reactor {
                     );
                     return;
                 };
-                let (op, buf) = match plan.kind {
-                    IoKind::Read => {
+                let buf = match plan.kind.buffer() {
+                    PlanBuffer::DataIn => {
                         let mut b = match data_in.take() {
                             Some(b) if b.capacity() >= plan.len => b,
                             other => {
@@ -608,14 +642,23 @@ impl Reactor {
                             }
                         };
                         b.set_len(plan.len);
-                        (IoOp::Read, b)
+                        b
                     }
-                    IoKind::Write => match cmd.data.take() {
-                        Some(mut b) if b.len() >= plan.len => {
-                            b.set_len(plan.len);
-                            (IoOp::Write, b)
+                    PlanBuffer::DataOut => match (&plan.extra, cmd.data.take()) {
+                        (PlanExtra::Buffer(block), other) => {
+                            if let Some(b) = other {
+                                self.pool.put(b);
+                            }
+                            let mut b = self.pool.get(block.len());
+                            b.set_len(block.len());
+                            b.copy_from_slice(block);
+                            b
                         }
-                        other => {
+                        (_, Some(mut b)) if b.len() >= plan.len => {
+                            b.set_len(plan.len);
+                            b
+                        }
+                        (_, other) => {
                             // Less data than the CDB transfers: SBC-3 cannot
                             // write what it was not given.
                             if let Some(b) = other {
@@ -636,10 +679,10 @@ impl Reactor {
                             return;
                         }
                     },
-                    IoKind::Flush => {
+                    PlanBuffer::None => {
                         let mut b = self.pool.get(0);
                         b.set_len(0);
-                        (IoOp::Flush, b)
+                        b
                     }
                 };
                 if let Some(b) = data_in.take() {
@@ -648,6 +691,20 @@ impl Reactor {
                 if let Some(b) = cmd.data.take() {
                     self.pool.put(b);
                 }
+                let store = store.clone();
+                let extra_ranges = match &plan.extra {
+                    PlanExtra::Ranges(r) => r.clone(),
+                    _ => Vec::new(),
+                };
+                let request = IoRequest {
+                    tag: 0,
+                    op: store_op(plan.kind),
+                    offset: plan.offset,
+                    buf,
+                    fua: plan.fua,
+                    len: plan.span,
+                    source,
+                };
                 let tag = self.inflight.insert(InFlight {
                     conn: idx,
                     generation: conn.generation,
@@ -655,17 +712,19 @@ impl Reactor {
                     lu: lu.clone(),
                     plan,
                     expected_len: cmd.expected_len,
+                    pending: 1 + extra_ranges.len(),
+                    result: Ok(0),
                 }) as u64;
-                store.submit(
-                    IoRequest {
-                        tag,
-                        op,
-                        offset: plan.offset,
-                        buf,
-                        fua: plan.fua,
-                    },
-                    &self.done_tx,
-                );
+                store.submit(IoRequest { tag, ..request }, &self.done_tx);
+                // UNMAP with several block descriptors: one store request
+                // each, completed together.
+                for (offset, len) in extra_ranges {
+                    let mut b = self.pool.get(0);
+                    b.set_len(0);
+                    let mut r = IoRequest::new(tag, IoOp::Unmap, offset, b);
+                    r.len = len;
+                    store.submit(r, &self.done_tx);
+                }
             }
         }
     }
@@ -716,12 +775,22 @@ impl Reactor {
         let mut done = std::mem::take(&mut self.done);
         let mut touched = std::mem::take(&mut self.touched);
         self.done_rx.drain(&mut done);
-        for c in done.drain(..) {
-            let Some(inf) = self.inflight.try_remove(c.tag as usize) else {
+        for mut c in done.drain(..) {
+            let Some(inf) = self.inflight.get_mut(c.tag as usize) else {
                 self.pool.put(c.buf);
                 continue;
             };
-            let resp = inf.lu.complete_io(&inf.plan, c.result.map_err(|e| e.0));
+            inf.pending = inf.pending.saturating_sub(1);
+            match (&inf.result, c.result) {
+                (Ok(_), r) => inf.result = r.map_err(|e| e.0),
+                (Err(_), _) => {}
+            }
+            if inf.pending > 0 {
+                self.pool.put(c.buf);
+                continue;
+            }
+            let inf = self.inflight.remove(c.tag as usize);
+            let resp = inf.lu.complete_io(&inf.plan, inf.result, &mut c.buf[..]);
             let live = self
                 .conns
                 .get(inf.conn)
@@ -732,7 +801,7 @@ impl Reactor {
                 continue;
             }
             let conn = &mut self.conns[inf.conn];
-            let data = if inf.plan.kind == IoKind::Read {
+            let data = if inf.plan.kind.buffer() == PlanBuffer::DataIn {
                 Some(c.buf)
             } else {
                 self.pool.put(c.buf);
@@ -740,6 +809,7 @@ impl Reactor {
             };
             let needed = match inf.plan.kind {
                 IoKind::Flush => 0,
+                IoKind::Extents => resp.data_in_len,
                 _ => inf.plan.transfer_len,
             };
             finish(
