@@ -71,16 +71,8 @@ impl Io {
     fn run(&mut self, op: IoOp, offset: u64, buf: AlignedBuf, fua: bool) -> IoCompletion {
         let tag = self.next_tag;
         self.next_tag += 1;
-        self.store.submit(
-            IoRequest {
-                tag,
-                op,
-                offset,
-                buf,
-                fua,
-            },
-            &self.tx,
-        );
+        self.store
+            .submit(IoRequest::new(tag, op, offset, buf).with_fua(fua), &self.tx);
         let mut done = collect(&mut self.rx, 1);
         let c = done.pop().expect("one completion");
         assert_eq!(c.tag, tag);
@@ -254,13 +246,8 @@ fn concurrent(store: &Arc<dyn BackingStore>, persistent: bool) {
                     let mut buf = pool.get(LEN);
                     buf.copy_from_slice(&pattern(tag, LEN));
                     store.submit(
-                        IoRequest {
-                            tag,
-                            op: IoOp::Write,
-                            offset: slot(tag) * LEN as u64,
-                            buf,
-                            fua: i % 8 == 0,
-                        },
+                        IoRequest::new(tag, IoOp::Write, slot(tag) * LEN as u64, buf)
+                            .with_fua(i % 8 == 0),
                         &tx,
                     );
                 }
@@ -291,25 +278,13 @@ fn concurrent(store: &Arc<dyn BackingStore>, persistent: bool) {
         for i in 0..PER_THREAD {
             let tag = t * 1000 + i;
             store.submit(
-                IoRequest {
-                    tag,
-                    op: IoOp::Read,
-                    offset: slot(tag) * LEN as u64,
-                    buf: pool.get(LEN),
-                    fua: false,
-                },
+                IoRequest::new(tag, IoOp::Read, slot(tag) * LEN as u64, pool.get(LEN)),
                 &tx,
             );
             expected += 1;
         }
         store.submit(
-            IoRequest {
-                tag: u64::MAX - t,
-                op: IoOp::Flush,
-                offset: 0,
-                buf: AlignedBuf::with_capacity(0),
-                fua: false,
-            },
+            IoRequest::new(u64::MAX - t, IoOp::Flush, 0, AlignedBuf::with_capacity(0)),
             &tx,
         );
         expected += 1;
@@ -328,7 +303,7 @@ fn concurrent(store: &Arc<dyn BackingStore>, persistent: bool) {
                     assert!(c.buf.iter().all(|&b| b == 0));
                 }
             }
-            IoOp::Write => panic!("no writes submitted"),
+            other => panic!("no {other:?} submitted"),
         }
     }
     assert_eq!(seen.len(), expected);
