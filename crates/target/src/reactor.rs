@@ -657,13 +657,7 @@ impl Reactor {
                     expected_len: cmd.expected_len,
                 }) as u64;
                 store.submit(
-                    IoRequest {
-                        tag,
-                        op,
-                        offset: plan.offset,
-                        buf,
-                        fua: plan.fua,
-                    },
+                    IoRequest::new(tag, op, plan.offset, buf).with_fua(plan.fua),
                     &self.done_tx,
                 );
             }
