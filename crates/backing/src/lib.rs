@@ -14,6 +14,12 @@
 //!   (`tgtd -t`, default 16), `O_SYNC`/`O_DIRECT` from `--bsoflags`.
 //! * `null` ([`StoreKind::Null`]): reads zeros, discards writes, completes
 //!   at once. Its size is tgt's: 1 TiB.
+//!
+//! Besides READ, WRITE and SYNCHRONIZE CACHE, [`IoOp`] has what the SBC-3
+//! commands beyond them need from the medium: Unmap and Extents (thin
+//! provisioning, SBC-3 §4.7, GET LBA STATUS §5.5), WriteSame (§5.42),
+//! CompareAndWrite (§5.3), Compare (VERIFY with BYTCHK, §5.31), OrWrite
+//! (§5.9) and Copy (EXTENDED COPY, SPC-4 §6.4), all on the same path.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 

@@ -25,9 +25,7 @@ impl NullStore {
     pub(crate) fn new(readonly: bool) -> NullStore {
         NullStore { readonly }
     }
-}
 
-impl NullStore {
     /// One mapped extent from `offset` to the end of the store or of `len`.
     fn extents(&self, offset: u64, len: u64, buf: &mut [u8]) -> usize {
         let covered = len.min(NULL_STORE_SIZE.saturating_sub(offset));
