@@ -14,12 +14,19 @@
 //!   (`tgtd -t`, default 16), `O_SYNC`/`O_DIRECT` from `--bsoflags`.
 //! * `null` ([`StoreKind::Null`]): reads zeros, discards writes, completes
 //!   at once. Its size is tgt's: 1 TiB.
+//!
+//! Besides READ, WRITE and SYNCHRONIZE CACHE, [`IoOp`] has what the SBC-3
+//! commands beyond them need from the medium: Unmap and Extents (thin
+//! provisioning, SBC-3 §4.7, GET LBA STATUS §5.5), WriteSame (§5.42),
+//! CompareAndWrite (§5.3), Compare (VERIFY with BYTCHK, §5.31), OrWrite
+//! (§5.9) and Copy (EXTENDED COPY, SPC-4 §6.4), all on the same path.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod buf;
 mod completion;
 mod null;
+mod ops;
 mod rdwr;
 
 #[cfg(test)]
@@ -34,6 +41,11 @@ pub use null::NULL_STORE_SIZE;
 pub use rdwr::DEFAULT_WORKER_THREADS;
 
 /// What a request asks of the store.
+///
+/// Every op completes through the same [`CompletionSender`], with
+/// `Ok(count)` as documented per op or the errno as [`IoError`]. Ops that
+/// modify the medium (everything but Read, Flush, Compare and Extents) fail
+/// with [`IoError::EROFS`] on a [read-only](BackingStore::readonly) store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoOp {
     /// Fill the buffer from the store (SBC-3 READ (6/10/12/16)).
@@ -42,9 +54,87 @@ pub enum IoOp {
     Write,
     /// Make everything written so far durable (SBC-3 SYNCHRONIZE CACHE (10/16)).
     Flush,
+    /// Deallocate [`len`](IoRequest::len) bytes at `offset` (UNMAP, WRITE SAME
+    /// with UNMAP, SANITIZE BLOCK ERASE; SBC-3 §4.7): afterwards they read as
+    /// zeros. `buf` unused (may be empty). `Ok(len)`.
+    ///
+    /// rdwr: `fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)` on files
+    /// and block devices; where the file system or device refuses
+    /// (EOPNOTSUPP, EINVAL) zeros are written instead.
+    Unmap,
+    /// Write `buf` (exactly one logical block: `buf.len()` is the block size)
+    /// repeatedly over [`len`](IoRequest::len) bytes at `offset` (WRITE SAME,
+    /// SANITIZE OVERWRITE; SBC-3 §5.42). `len` must be a multiple of
+    /// `buf.len()` (else EINVAL). `fua` honoured. `Ok(len)`.
+    WriteSame,
+    /// COMPARE AND WRITE (SBC-3 §5.3): atomically with respect to every other
+    /// request to this store, read `buf.len() / 2` bytes at `offset` and
+    /// compare them with the first half of `buf`; if equal, write the second
+    /// half at `offset` (honouring `fua`). `buf.len()` must be even (else
+    /// EINVAL).
+    ///
+    /// `Ok(n)`, `n` = number of leading bytes that compared equal:
+    /// `n == buf.len() / 2` means it matched and was written; a smaller `n`
+    /// means a miscompare at byte `n` and NOTHING was written (the SCSI layer
+    /// reports MISCOMPARE with `n` in the INFORMATION field, SBC-3 §5.3).
+    CompareAndWrite,
+    /// VERIFY / WRITE AND VERIFY with BYTCHK (SBC-3 §5.31): compare the medium
+    /// over [`len`](IoRequest::len) bytes at `offset` with `buf` repeated
+    /// (`buf.len()` must divide `len`, else EINVAL; BYTCHK=3 sends one block
+    /// that is compared against every block). Read-only. `Ok(n)`, `n` =
+    /// number of leading bytes equal (`n == len`: all equal).
+    Compare,
+    /// ORWRITE (SBC-3 §5.9): atomically with respect to every other request
+    /// to this store, `medium[offset..offset + buf.len()] |= buf`. `fua`
+    /// honoured. `Ok(buf.len())`.
+    OrWrite,
+    /// GET LBA STATUS (SBC-3 §5.5): describe the allocation of the store from
+    /// `offset` on, covering at most [`len`](IoRequest::len) bytes and
+    /// stopping at the end of the store. Fills `buf` with consecutive
+    /// [`Extent`] records ([`Extent::RECORD_LEN`] = 16 bytes each, decode
+    /// with [`Extent::parse`]), the first starting at `offset`, as many as fit
+    /// in `buf.len() / 16`. `Ok(bytes of records written)`: 0 when `offset`
+    /// is at or past the end of the store (or `buf` holds no record).
+    ///
+    /// rdwr uses `lseek(SEEK_DATA / SEEK_HOLE)` on regular files, so extent
+    /// boundaries are where the file system puts them (its block size), not
+    /// necessarily logical-block aligned: the caller rounds. Block devices and
+    /// stores that cannot tell report everything mapped.
+    Extents,
+    /// EXTENDED COPY (SPC-4 §6.4) block-to-block segment: copy
+    /// [`len`](IoRequest::len) bytes from [`source`](IoRequest::source) into
+    /// this store at `offset`, in chunks (1 MiB), reading the source with
+    /// [`BackingStore::read_blocking`]. Source and destination may be the same
+    /// store and the ranges may overlap: the copy runs in the safe direction,
+    /// like `memmove`. A range past the end of the source or of this store,
+    /// or no `source`, is EINVAL. `buf` unused (may be empty). `fua` honoured.
+    /// `Ok(len)`.
+    ///
+    /// Not atomic as a whole (nor is EXTENDED COPY): each chunk is read, then
+    /// written, so a failure part way leaves the chunks before it copied.
+    Copy,
 }
 
-/// One request to a store.
+impl IoOp {
+    /// True for the ops that change the medium: Write, Unmap, WriteSame,
+    /// CompareAndWrite, OrWrite and Copy. On a read-only store they fail with
+    /// [`IoError::EROFS`] (the SCSI layer reports DATA PROTECT / WRITE
+    /// PROTECTED before submitting them anyway).
+    pub fn modifies_medium(self) -> bool {
+        matches!(
+            self,
+            IoOp::Write
+                | IoOp::Unmap
+                | IoOp::WriteSame
+                | IoOp::CompareAndWrite
+                | IoOp::OrWrite
+                | IoOp::Copy
+        )
+    }
+}
+
+/// One request to a store. Build it with [`IoRequest::new`] and the `with_*`
+/// helpers rather than spelling every field.
 #[derive(Debug)]
 pub struct IoRequest {
     /// Caller's token, echoed in the completion.
@@ -55,11 +145,119 @@ pub struct IoRequest {
     pub offset: u64,
     /// Read: fill `buf[..buf.len()]` (a short read at end of store zero-fills
     /// the rest: stale pool data must never reach an initiator).
-    /// Write: write `buf[..buf.len()]`. Flush: buf unused (may be empty).
+    /// Write: write `buf[..buf.len()]`. Flush, Unmap, Copy: buf unused (may be
+    /// empty). The other ops: see [`IoOp`].
     pub buf: AlignedBuf,
-    /// Write: make the data durable before completing (SBC-3 WRITE (10) FUA bit),
-    /// with `pwritev2(RWF_DSYNC)` or `fdatasync` after the write.
+    /// Make the written data durable before completing (SBC-3 WRITE (10) FUA
+    /// bit), with `pwritev2(RWF_DSYNC)` or `fdatasync` after the write.
+    /// Honoured by Write, WriteSame, CompareAndWrite, OrWrite and Copy.
     pub fua: bool,
+    /// Bytes the operation covers for Unmap, WriteSame, Compare, Extents and
+    /// Copy. Read, Write, CompareAndWrite and OrWrite use `buf.len()` and
+    /// ignore it; Flush ignores it.
+    pub len: u64,
+    /// Copy only: where the data comes from. Ignored by every other op.
+    pub source: Option<CopySource>,
+}
+
+impl IoRequest {
+    /// A request with `fua = false`, `len = buf.len()` and no copy source.
+    pub fn new(tag: u64, op: IoOp, offset: u64, buf: AlignedBuf) -> IoRequest {
+        let len = buf.len() as u64;
+        IoRequest {
+            tag,
+            op,
+            offset,
+            buf,
+            fua: false,
+            len,
+            source: None,
+        }
+    }
+
+    /// Set [`fua`](IoRequest::fua).
+    pub fn with_fua(mut self, fua: bool) -> IoRequest {
+        self.fua = fua;
+        self
+    }
+
+    /// Set [`len`](IoRequest::len) (Unmap, WriteSame, Compare, Extents, Copy).
+    pub fn with_len(mut self, len: u64) -> IoRequest {
+        self.len = len;
+        self
+    }
+
+    /// Set the [`source`](IoRequest::source) of a Copy.
+    pub fn with_source(mut self, store: Arc<dyn BackingStore>, offset: u64) -> IoRequest {
+        self.source = Some(CopySource { store, offset });
+        self
+    }
+}
+
+/// Where an [`IoOp::Copy`] reads from (EXTENDED COPY source segment, SPC-4
+/// §6.4): a store, possibly the destination itself, and a byte offset in it.
+#[derive(Clone)]
+pub struct CopySource {
+    /// The store to read with [`BackingStore::read_blocking`].
+    pub store: Arc<dyn BackingStore>,
+    /// Byte offset into `store`.
+    pub offset: u64,
+}
+
+impl std::fmt::Debug for CopySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopySource")
+            .field("store", &self.store.name())
+            .field("offset", &self.offset)
+            .finish()
+    }
+}
+
+/// One allocation extent reported by [`IoOp::Extents`] (GET LBA STATUS,
+/// SBC-3 §5.5): `len` bytes that are all mapped or all deallocated.
+///
+/// On the wire of the completion buffer each is [`RECORD_LEN`](Extent::RECORD_LEN)
+/// bytes: the length (u64 little-endian), then flags (u64 little-endian,
+/// bit 0 set = mapped, clear = deallocated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// Length in bytes.
+    pub len: u64,
+    /// Mapped (holds data) rather than deallocated (a hole that reads zeros).
+    pub mapped: bool,
+}
+
+impl Extent {
+    /// Bytes of one record in an [`IoOp::Extents`] buffer.
+    pub const RECORD_LEN: usize = 16;
+    /// Flags bit 0: mapped.
+    const FLAG_MAPPED: u64 = 1;
+
+    /// Write the record into `out[..16]`. Panics if `out` is shorter.
+    pub fn encode(self, out: &mut [u8]) {
+        let flags = if self.mapped { Self::FLAG_MAPPED } else { 0 };
+        out[..8].copy_from_slice(&self.len.to_le_bytes());
+        out[8..16].copy_from_slice(&flags.to_le_bytes());
+    }
+
+    /// Read a record from `rec[..16]`. Panics if `rec` is shorter.
+    pub fn decode(rec: &[u8]) -> Extent {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&rec[..8]);
+        let len = u64::from_le_bytes(word);
+        word.copy_from_slice(&rec[8..16]);
+        let flags = u64::from_le_bytes(word);
+        Extent {
+            len,
+            mapped: flags & Self::FLAG_MAPPED != 0,
+        }
+    }
+
+    /// The records of a completed Extents request: pass `&buf[..n]` where
+    /// `Ok(n)` was the result. A trailing partial record is ignored.
+    pub fn parse(records: &[u8]) -> impl Iterator<Item = Extent> + '_ {
+        records.chunks_exact(Self::RECORD_LEN).map(Extent::decode)
+    }
 }
 
 /// The outcome of one [`IoRequest`].
@@ -74,7 +272,9 @@ pub struct IoCompletion {
     pub buf: AlignedBuf,
     /// `Ok(bytes transferred)` or the errno of the failure. A read reports
     /// `buf.len()` also when part of it lay past the end of the store (that
-    /// part reads as zeros); a flush reports 0.
+    /// part reads as zeros); a flush reports 0. The other ops report what
+    /// [`IoOp`] says (bytes covered, bytes compared equal, bytes of extent
+    /// records).
     pub result: Result<usize, IoError>,
 }
 
@@ -91,7 +291,9 @@ impl IoError {
     pub const ENOSPC: IoError = IoError(libc::ENOSPC);
     /// Write to a store opened read-only.
     pub const EROFS: IoError = IoError(libc::EROFS);
-    /// Invalid argument (an offset beyond what the OS can address).
+    /// Invalid argument: an offset beyond what the OS can address, a Copy
+    /// range past the end of a store, a WriteSame / Compare length that is
+    /// not a multiple of the pattern, an odd CompareAndWrite buffer.
     pub const EINVAL: IoError = IoError(libc::EINVAL);
     /// The store was closed (LU deleted) before the request was taken.
     pub const ENXIO: IoError = IoError(libc::ENXIO);
@@ -138,6 +340,16 @@ pub trait BackingStore: Send + Sync {
     fn readonly(&self) -> bool {
         false
     }
+    /// Read `buf.len()` bytes at `offset` synchronously on the calling thread
+    /// (a worker of another store, or of this one, serving an
+    /// [`IoOp::Copy`]). Like [`IoOp::Read`], what lies past the end of the
+    /// store reads as zeros and the result is `Ok(buf.len())`; atomic with
+    /// respect to CompareAndWrite and OrWrite on this store. It does not go
+    /// through the completion path, so it also works after [`close`]
+    /// (a Copy queued before close still finishes).
+    ///
+    /// [`close`]: BackingStore::close
+    fn read_blocking(&self, offset: u64, buf: &mut [u8]) -> Result<usize, IoError>;
 }
 
 /// A backing store type, by tgt's `--bstype` name.

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use crate::ops::mismatch;
 use crate::{
     completion_channel, open_store, AlignedBuf, BackingError, BackingStore, BufPool,
-    CompletionReceiver, CompletionSender, IoCompletion, IoError, IoOp, IoRequest, OpenOptions,
-    StoreKind,
+    CompletionReceiver, CompletionSender, Extent, IoCompletion, IoError, IoOp, IoRequest,
+    OpenOptions, StoreKind, NULL_STORE_SIZE,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -69,23 +70,52 @@ impl Io {
     }
 
     fn run(&mut self, op: IoOp, offset: u64, buf: AlignedBuf, fua: bool) -> IoCompletion {
+        self.run_req(IoRequest::new(0, op, offset, buf).with_fua(fua))
+    }
+
+    /// Submit `req` under a fresh tag and wait for its completion.
+    fn run_req(&mut self, mut req: IoRequest) -> IoCompletion {
         let tag = self.next_tag;
         self.next_tag += 1;
-        self.store.submit(
-            IoRequest {
-                tag,
-                op,
-                offset,
-                buf,
-                fua,
-            },
-            &self.tx,
-        );
+        req.tag = tag;
+        let op = req.op;
+        self.store.submit(req, &self.tx);
         let mut done = collect(&mut self.rx, 1);
         let c = done.pop().expect("one completion");
         assert_eq!(c.tag, tag);
         assert_eq!(c.op, op);
         c
+    }
+
+    /// One of the SBC-3 ops: `data` is the buffer, `len` the bytes covered.
+    fn op(&mut self, op: IoOp, offset: u64, data: &[u8], len: u64) -> Result<usize, IoError> {
+        self.run_req(IoRequest::new(0, op, offset, buf_from(data)).with_len(len))
+            .result
+    }
+
+    /// Extents from `offset` over `len` bytes, room for `records`.
+    fn extents(&mut self, offset: u64, len: u64, records: usize) -> Vec<Extent> {
+        let mut buf = AlignedBuf::with_capacity(records * Extent::RECORD_LEN);
+        buf.set_len(records * Extent::RECORD_LEN);
+        let c = self.run_req(IoRequest::new(0, IoOp::Extents, offset, buf).with_len(len));
+        let n = c.result.expect("extents");
+        assert_eq!(n % Extent::RECORD_LEN, 0, "whole records");
+        assert!(n <= records * Extent::RECORD_LEN);
+        Extent::parse(&c.buf[..n]).collect()
+    }
+
+    /// Copy `len` bytes from `source` at `from` into this store at `to`.
+    fn copy(
+        &mut self,
+        source: &Arc<dyn BackingStore>,
+        from: u64,
+        to: u64,
+        len: u64,
+    ) -> Result<usize, IoError> {
+        let req = IoRequest::new(0, IoOp::Copy, to, AlignedBuf::with_capacity(0))
+            .with_len(len)
+            .with_source(Arc::clone(source), from);
+        self.run_req(req).result
     }
 
     fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> Result<usize, IoError> {
@@ -111,6 +141,13 @@ impl Io {
     }
 }
 
+fn buf_from(data: &[u8]) -> AlignedBuf {
+    let mut buf = AlignedBuf::with_capacity(data.len());
+    buf.set_len(data.len());
+    buf.copy_from_slice(data);
+    buf
+}
+
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
@@ -123,13 +160,18 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// The suite. `opts` describes a store of at least 1 MiB that may be written;
+/// The suite. `opts` describes a store of at least 2 MiB that may be written;
 /// `persistent` says whether reads return what was written (false for null,
-/// which reads zeros).
-pub(crate) fn store_suite(open: Opener<'_>, opts: &OpenOptions, persistent: bool) {
+/// which reads zeros); `holes` says that `opts.path` is a file on a file
+/// system that punches holes and reports them through `SEEK_HOLE`, so Unmap
+/// must show in Extents and in st_blocks.
+pub(crate) fn store_suite(open: Opener<'_>, opts: &OpenOptions, persistent: bool, holes: bool) {
     let store = open(opts).expect("open store");
     let size = store.size();
-    assert!(size >= 1 << 20, "suite needs a store of at least 1 MiB");
+    assert!(
+        size >= REGION as u64,
+        "suite needs a store of at least 2 MiB"
+    );
     assert!(!store.readonly());
     let mut io = Io::new(Arc::clone(&store));
 
@@ -200,6 +242,10 @@ pub(crate) fn store_suite(open: Opener<'_>, opts: &OpenOptions, persistent: bool
 
     concurrent(&store, persistent);
 
+    let holes = holes.then_some(opts.path.as_path());
+    sbc_ops(&store, &mut io, persistent, holes);
+    compare_and_write_race(&store, persistent);
+
     // close: idempotent; later requests still complete (with an error for
     // engines that really stop), exactly once, buffer handed back.
     store.close();
@@ -208,6 +254,9 @@ pub(crate) fn store_suite(open: Opener<'_>, opts: &OpenOptions, persistent: bool
     buf.set_len(512);
     let c = io.run(IoOp::Read, 0, buf, false);
     assert_eq!(c.buf.len(), 512);
+    assert!(io.rx.is_empty());
+    let c = io.run_req(IoRequest::new(0, IoOp::Unmap, 0, buf_from(&[1; 100])).with_len(4096));
+    assert_eq!(c.buf[..], [1; 100][..], "buffer comes back");
     assert!(io.rx.is_empty());
     drop(io);
     drop(store);
@@ -233,7 +282,369 @@ pub(crate) fn store_suite(open: Opener<'_>, opts: &OpenOptions, persistent: bool
     if persistent {
         assert!(buf[..] == pattern(0, 4096)[..]);
     }
+    // Every op that writes is refused; Compare and Extents only read.
+    let blk = pattern(98, 512);
+    let null = open_store(StoreKind::Null, &OpenOptions::new("")).expect("null");
+    for (op, data, len) in [
+        (IoOp::Unmap, &[][..], 4096),
+        (IoOp::WriteSame, &blk[..], 4096),
+        (IoOp::OrWrite, &blk[..], 0),
+        (IoOp::CompareAndWrite, &[0; 1024][..], 0),
+    ] {
+        assert_eq!(io.op(op, 4096, data, len), Err(IoError::EROFS), "{op:?}");
+    }
+    assert_eq!(io.copy(&null, 0, 4096, 4096), Err(IoError::EROFS));
+    let ro_store: Arc<dyn BackingStore> = Arc::clone(&ro);
+    assert_eq!(io.copy(&ro_store, 0, 8192, 4096), Err(IoError::EROFS));
+    let expected = if persistent {
+        mismatch(&pattern(0, 4096), &[0; 4096]).unwrap_or(4096)
+    } else {
+        4096
+    };
+    assert_eq!(io.op(IoOp::Compare, 0, &[0; 512], 4096), Ok(expected));
+    let ext = io.extents(0, 4096, 4);
+    assert_eq!(ext.iter().map(|e| e.len).sum::<u64>(), 4096);
     ro.close();
+}
+
+/// Bytes at the start of every suite store that [`sbc_ops`] models.
+const REGION: usize = 2 << 20;
+/// The logical block size the SBC-3 op tests use.
+const BLOCK: usize = 512;
+
+/// Read `len` bytes at `offset` and compare them with the model.
+#[track_caller]
+fn check_model(io: &mut Io, model: &[u8], offset: usize, len: usize, what: &str) {
+    let (res, buf) = io.read(offset as u64, len);
+    assert_eq!(res, Ok(len), "{what}: read");
+    if let Some(at) = mismatch(&buf, &model[offset..offset + len]) {
+        panic!(
+            "{what}: byte {} differs: store {:#04x}, model {:#04x}",
+            offset + at,
+            buf[at],
+            model[offset + at]
+        );
+    }
+}
+
+/// Leading bytes of `model[offset..offset + len]` equal to `pat` repeated.
+fn expect_compare(model: &[u8], offset: usize, pat: &[u8], len: usize) -> usize {
+    (0..len)
+        .find(|&i| model[offset + i] != pat[i % pat.len()])
+        .unwrap_or(len)
+}
+
+fn st_blocks(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).expect("stat").blocks()
+}
+
+fn mapped(len: usize) -> Extent {
+    Extent {
+        len: len as u64,
+        mapped: true,
+    }
+}
+
+fn hole(len: usize) -> Extent {
+    Extent {
+        len: len as u64,
+        mapped: false,
+    }
+}
+
+/// The SBC-3 ops beyond read/write/flush, against a model of the first
+/// [`REGION`] bytes (all zeros, never updated, for a store that is not
+/// `persistent`). Leaves the first 4 KiB alone.
+fn sbc_ops(store: &Arc<dyn BackingStore>, io: &mut Io, persistent: bool, holes: Option<&Path>) {
+    const B: usize = BLOCK;
+    let size = store.size();
+    let (res, buf) = io.read(0, REGION);
+    assert_eq!(res, Ok(REGION));
+    let mut model = buf.to_vec();
+    if !persistent {
+        assert!(model.iter().all(|&b| b == 0));
+    }
+    let write = |io: &mut Io, model: &mut [u8], offset: usize, data: &[u8]| {
+        assert_eq!(io.write(offset as u64, data, false), Ok(data.len()));
+        if persistent {
+            model[offset..offset + data.len()].copy_from_slice(data);
+        }
+    };
+
+    // Unmap (SBC-3 §4.7): data, hole, data; the hole reads zeros, the data
+    // around it stays, and a hole-punching file system shows it.
+    let (base, part) = (64 << 10, 64 << 10);
+    write(io, &mut model, base, &pattern(100, 3 * part));
+    assert_eq!(io.flush(), Ok(0));
+    let blocks_before = holes.map(st_blocks);
+    assert_eq!(
+        io.op(IoOp::Unmap, (base + part) as u64, &[], part as u64),
+        Ok(part)
+    );
+    if persistent {
+        model[base + part..base + 2 * part].fill(0);
+    }
+    check_model(io, &model, base, 3 * part, "unmap");
+    if let (Some(path), Some(before)) = (holes, blocks_before) {
+        let after = st_blocks(path);
+        assert!(
+            after + (part / 512) as u64 <= before,
+            "st_blocks {before} -> {after}: hole not punched"
+        );
+    }
+    let ext = io.extents(base as u64, 3 * part as u64, 8);
+    if holes.is_some() {
+        assert_eq!(ext, [mapped(part), hole(part), mapped(part)]);
+        // Only as many records as the buffer holds.
+        let ext = io.extents(base as u64, 3 * part as u64, 2);
+        assert_eq!(ext, [mapped(part), hole(part)]);
+    } else {
+        assert_eq!(ext, [mapped(3 * part)]);
+    }
+    // Unaligned: exactly those bytes read zeros.
+    assert_eq!(io.op(IoOp::Unmap, (base + 100) as u64, &[], 1000), Ok(1000));
+    if persistent {
+        model[base + 100..base + 1100].fill(0);
+    }
+    check_model(io, &model, base, part, "unaligned unmap");
+    assert_eq!(io.op(IoOp::Unmap, base as u64, &[], 0), Ok(0));
+
+    // Extents: nothing at or past the end; clipped at the end of the store.
+    assert_eq!(io.extents(size, 4096, 4), []);
+    let ext = io.extents(size - 4096, 1 << 20, 4);
+    assert_eq!(ext.iter().map(|e| e.len).sum::<u64>(), 4096);
+    assert!(ext.iter().all(|e| e.mapped), "written at the suite's start");
+
+    // WriteSame (SBC-3 §5.42): the block lands on every block of the range
+    // and nowhere else.
+    let ws = 300 << 10;
+    write(io, &mut model, ws, &pattern(102, 10 * B));
+    let blk = pattern(101, B);
+    assert_eq!(
+        io.op(IoOp::WriteSame, (ws + B) as u64, &blk, 6 * B as u64),
+        Ok(6 * B)
+    );
+    if persistent {
+        for b in 1..7 {
+            model[ws + b * B..ws + (b + 1) * B].copy_from_slice(&blk);
+        }
+    }
+    check_model(io, &model, ws - B, 12 * B, "write same");
+    // More than one chunk, with FUA; Compare (BYTCHK=3) sees it everywhere.
+    let (big_at, big) = (400 << 10, (1 << 20) + 3 * 4096);
+    let blk4k = pattern(103, 4096);
+    let req = IoRequest::new(0, IoOp::WriteSame, big_at as u64, buf_from(&blk4k))
+        .with_len(big as u64)
+        .with_fua(true);
+    assert_eq!(io.run_req(req).result, Ok(big));
+    if persistent {
+        for chunk in model[big_at..big_at + big].chunks_exact_mut(4096) {
+            chunk.copy_from_slice(&blk4k);
+        }
+    }
+    check_model(io, &model, big_at - 4096, big + 8192, "big write same");
+    assert_eq!(
+        io.op(IoOp::Compare, big_at as u64, &blk4k, big as u64),
+        Ok(expect_compare(&model, big_at, &blk4k, big))
+    );
+    // Zeros over the hole: data again (WRITE SAME without UNMAP maps).
+    assert_eq!(
+        io.op(IoOp::WriteSame, (base + part) as u64, &[0; B], part as u64),
+        Ok(part)
+    );
+    check_model(io, &model, base, 3 * part, "write same zeros");
+    if holes.is_some() {
+        assert_eq!(
+            io.extents(base as u64, 3 * part as u64, 8),
+            [mapped(3 * part)]
+        );
+    }
+    assert_eq!(
+        io.op(IoOp::WriteSame, ws as u64, &blk, 1000),
+        Err(IoError::EINVAL)
+    );
+    assert_eq!(
+        io.op(IoOp::WriteSame, ws as u64, &[], 512),
+        Err(IoError::EINVAL)
+    );
+    check_model(io, &model, ws, 10 * B, "refused write same");
+
+    // CompareAndWrite (SBC-3 §5.3): a match writes, a miscompare at byte 37
+    // reports 37 and writes nothing.
+    let cw = 1500 << 10;
+    let old = pattern(104, 2 * B);
+    write(io, &mut model, cw, &old);
+    let new = pattern(105, 2 * B);
+    let req = IoRequest::new(
+        0,
+        IoOp::CompareAndWrite,
+        cw as u64,
+        buf_from(&[&old[..], &new[..]].concat()),
+    )
+    .with_fua(true);
+    let expected = mismatch(&model[cw..cw + 2 * B], &old).unwrap_or(2 * B);
+    assert_eq!(io.run_req(req).result, Ok(expected));
+    if persistent {
+        assert_eq!(expected, 2 * B, "matched");
+        model[cw..cw + 2 * B].copy_from_slice(&new);
+    }
+    check_model(io, &model, cw - B, 4 * B, "compare and write");
+    let mut verify = model[cw..cw + 2 * B].to_vec();
+    verify[37] ^= 0xFF;
+    let cw_buf = [&verify[..], &pattern(106, 2 * B)[..]].concat();
+    assert_eq!(io.op(IoOp::CompareAndWrite, cw as u64, &cw_buf, 0), Ok(37));
+    check_model(io, &model, cw - B, 4 * B, "miscompare writes nothing");
+    assert_eq!(
+        io.op(IoOp::CompareAndWrite, cw as u64, &cw_buf[..2 * B - 1], 0),
+        Err(IoError::EINVAL)
+    );
+
+    // Compare (SBC-3 §5.31, BYTCHK=3): one block against four, the third off
+    // at byte 100.
+    let cmp = 1200 << 10;
+    let blk = pattern(107, B);
+    let mut four = blk.repeat(4);
+    four[2 * B + 100] ^= 0x01;
+    write(io, &mut model, cmp, &four);
+    let expected = expect_compare(&model, cmp, &blk, 4 * B);
+    if persistent {
+        assert_eq!(expected, 2 * B + 100);
+    }
+    assert_eq!(
+        io.op(IoOp::Compare, cmp as u64, &blk, 4 * B as u64),
+        Ok(expected)
+    );
+    assert_eq!(
+        io.op(IoOp::Compare, cmp as u64, &blk, 2 * B as u64),
+        Ok(expect_compare(&model, cmp, &blk, 2 * B))
+    );
+    assert_eq!(
+        io.op(IoOp::Compare, cmp as u64, &four, 4 * B as u64),
+        Ok(expect_compare(&model, cmp, &four, 4 * B))
+    );
+    assert_eq!(io.op(IoOp::Compare, cmp as u64, &blk, 0), Ok(0));
+    assert_eq!(
+        io.op(IoOp::Compare, cmp as u64, &blk, 700),
+        Err(IoError::EINVAL)
+    );
+
+    // OrWrite (SBC-3 §5.9).
+    let ow = 1300 << 10;
+    write(io, &mut model, ow, &pattern(108, 2 * B));
+    let mask = pattern(109, 2 * B);
+    let req = IoRequest::new(0, IoOp::OrWrite, ow as u64, buf_from(&mask)).with_fua(true);
+    assert_eq!(io.run_req(req).result, Ok(2 * B));
+    if persistent {
+        for (m, b) in model[ow..ow + 2 * B].iter_mut().zip(&mask) {
+            *m |= b;
+        }
+    }
+    check_model(io, &model, ow - B, 4 * B, "orwrite");
+
+    // Copy (SPC-4 §6.4) within the store, overlapping, over more than one
+    // chunk: first to a higher offset (backward), then back (forward).
+    let (from, shift, len) = (4096, 8704, (1 << 20) + 3 * 4096 + 512);
+    write(io, &mut model, from, &pattern(110, len + shift));
+    let this = Arc::clone(store);
+    assert_eq!(
+        io.copy(&this, from as u64, (from + shift) as u64, len as u64),
+        Ok(len)
+    );
+    if persistent {
+        model.copy_within(from..from + len, from + shift);
+    }
+    check_model(io, &model, from, len + shift + 4096, "copy up");
+    write(io, &mut model, from, &pattern(111, shift));
+    assert_eq!(
+        io.copy(&this, (from + shift) as u64, from as u64, len as u64),
+        Ok(len)
+    );
+    if persistent {
+        model.copy_within(from + shift..from + shift + len, from);
+    }
+    check_model(io, &model, from, len + shift + 4096, "copy down");
+    // From another store (null: zeros).
+    let null = open_store(StoreKind::Null, &OpenOptions::new("")).expect("null");
+    assert_eq!(io.copy(&null, 12345, 70 << 10, 64 << 10), Ok(64 << 10));
+    if persistent {
+        model[70 << 10..134 << 10].fill(0);
+    }
+    check_model(io, &model, 64 << 10, 128 << 10, "copy from null");
+    // Past the end of the destination or the source, or no source: EINVAL.
+    assert_eq!(
+        io.copy(&this, 4096, size - 4096, 8192),
+        Err(IoError::EINVAL)
+    );
+    assert_eq!(
+        io.copy(&this, size - 4096, 4096, 8192),
+        Err(IoError::EINVAL)
+    );
+    assert_eq!(
+        io.copy(&null, NULL_STORE_SIZE - 10, 4096, 4096),
+        Err(IoError::EINVAL)
+    );
+    assert_eq!(io.op(IoOp::Copy, 4096, &[], 4096), Err(IoError::EINVAL));
+    assert_eq!(io.copy(&this, 4096, 8192, 0), Ok(0));
+    check_model(io, &model, 0, REGION, "whole region");
+
+    // read_blocking: what Copy reads with; past the end zero-fills.
+    let mut buf = vec![0xEE; 8192];
+    assert_eq!(store.read_blocking(from as u64, &mut buf), Ok(8192));
+    assert!(buf[..] == model[from..from + 8192]);
+    buf.fill(0xEE);
+    assert_eq!(store.read_blocking(size - 4096, &mut buf), Ok(8192));
+    assert!(buf[4096..].iter().all(|&b| b == 0));
+}
+
+/// Two CompareAndWrites race from the same known value, 200 times: exactly
+/// one wins each round and the loser sees the winner's data (SBC-3 §5.3:
+/// the compare and the write are one atomic operation).
+fn compare_and_write_race(store: &Arc<dyn BackingStore>, persistent: bool) {
+    const B: usize = BLOCK;
+    let at = 1800 << 10;
+    let mut io = Io::new(Arc::clone(store));
+    let mut racers = [Io::new(Arc::clone(store)), Io::new(Arc::clone(store))];
+    for round in 0..200 {
+        let mut old = pattern(1000 + round, B);
+        old[0] = 0xF0;
+        assert_eq!(io.write(at, &old, false), Ok(B));
+        let barrier = std::sync::Barrier::new(2);
+        let results: Vec<(u8, Result<usize, IoError>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = racers
+                .iter_mut()
+                .zip([1u8, 2])
+                .map(|(racer, k)| {
+                    let buf = [&old[..], &[k; B][..]].concat();
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        (k, racer.op(IoOp::CompareAndWrite, at, &buf, 0))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("racer"))
+                .collect()
+        });
+        if persistent {
+            let winners: Vec<u8> = results
+                .iter()
+                .filter(|(_, r)| *r == Ok(B))
+                .map(|&(k, _)| k)
+                .collect();
+            assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+            // The loser compared against the winner's block: byte 0 differs.
+            assert!(results.iter().any(|(_, r)| *r == Ok(0)), "{results:?}");
+            let (res, buf) = io.read(at, B);
+            assert_eq!(res, Ok(B));
+            assert!(buf.iter().all(|&b| b == winners[0]), "round {round}");
+        } else {
+            // Reads zeros: both miscompare at byte 0.
+            assert!(results.iter().all(|(_, r)| *r == Ok(0)), "{results:?}");
+        }
+    }
 }
 
 /// Many requests from several threads on one channel: every tag completes
@@ -254,13 +665,8 @@ fn concurrent(store: &Arc<dyn BackingStore>, persistent: bool) {
                     let mut buf = pool.get(LEN);
                     buf.copy_from_slice(&pattern(tag, LEN));
                     store.submit(
-                        IoRequest {
-                            tag,
-                            op: IoOp::Write,
-                            offset: slot(tag) * LEN as u64,
-                            buf,
-                            fua: i % 8 == 0,
-                        },
+                        IoRequest::new(tag, IoOp::Write, slot(tag) * LEN as u64, buf)
+                            .with_fua(i % 8 == 0),
                         &tx,
                     );
                 }
@@ -291,25 +697,13 @@ fn concurrent(store: &Arc<dyn BackingStore>, persistent: bool) {
         for i in 0..PER_THREAD {
             let tag = t * 1000 + i;
             store.submit(
-                IoRequest {
-                    tag,
-                    op: IoOp::Read,
-                    offset: slot(tag) * LEN as u64,
-                    buf: pool.get(LEN),
-                    fua: false,
-                },
+                IoRequest::new(tag, IoOp::Read, slot(tag) * LEN as u64, pool.get(LEN)),
                 &tx,
             );
             expected += 1;
         }
         store.submit(
-            IoRequest {
-                tag: u64::MAX - t,
-                op: IoOp::Flush,
-                offset: 0,
-                buf: AlignedBuf::with_capacity(0),
-                fua: false,
-            },
+            IoRequest::new(u64::MAX - t, IoOp::Flush, 0, AlignedBuf::with_capacity(0)),
             &tx,
         );
         expected += 1;
@@ -328,7 +722,7 @@ fn concurrent(store: &Arc<dyn BackingStore>, persistent: bool) {
                     assert!(c.buf.iter().all(|&b| b == 0));
                 }
             }
-            IoOp::Write => panic!("no writes submitted"),
+            other => panic!("no {other:?} submitted"),
         }
     }
     assert_eq!(seen.len(), expected);
@@ -355,7 +749,7 @@ fn suite_rdwr() {
         worker_threads: 4,
         ..OpenOptions::new(&path)
     };
-    store_suite(&|o| open_store(StoreKind::Rdwr, o), &opts, true);
+    store_suite(&|o| open_store(StoreKind::Rdwr, o), &opts, true, true);
 }
 
 #[test]
@@ -367,13 +761,172 @@ fn suite_rdwr_sync_one_worker() {
         worker_threads: 1,
         ..OpenOptions::new(&path)
     };
-    store_suite(&|o| open_store(StoreKind::Rdwr, o), &opts, true);
+    store_suite(&|o| open_store(StoreKind::Rdwr, o), &opts, true, true);
+}
+
+/// On tmpfs (/dev/shm), which punches holes page by page.
+#[test]
+fn suite_rdwr_tmpfs() {
+    let dir = match tempfile::tempdir_in("/dev/shm") {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("skipping tmpfs suite: no temp dir under /dev/shm: {e}");
+            return;
+        }
+    };
+    let path = sparse_file(dir.path(), 2 << 20);
+    let opts = OpenOptions {
+        worker_threads: 3,
+        ..OpenOptions::new(&path)
+    };
+    store_suite(&|o| open_store(StoreKind::Rdwr, o), &opts, true, true);
+}
+
+/// Extents (GET LBA STATUS) of a fresh sparse file with data, hole, data,
+/// hole, on the temp dir's file system (ext4 here) and on tmpfs.
+#[test]
+fn rdwr_extents_layout() {
+    let mut dirs = vec![tempfile::tempdir().expect("tempdir")];
+    if let Ok(shm) = tempfile::tempdir_in("/dev/shm") {
+        dirs.push(shm);
+    }
+    for dir in &dirs {
+        let path = sparse_file(dir.path(), 1 << 20);
+        let opts = OpenOptions {
+            worker_threads: 1,
+            ..OpenOptions::new(&path)
+        };
+        let store = open_store(StoreKind::Rdwr, &opts).expect("open");
+        let mut io = Io::new(Arc::clone(&store));
+        assert_eq!(io.extents(0, 1 << 20, 8), [hole(1 << 20)], "{path:?}");
+        assert_eq!(io.write(0, &pattern(1, 8192), false), Ok(8192));
+        assert_eq!(io.write(512 << 10, &pattern(2, 8192), false), Ok(8192));
+        let rest = (512 << 10) - 8192;
+        assert_eq!(
+            io.extents(0, 1 << 20, 8),
+            [mapped(8192), hole(rest), mapped(8192), hole(rest)],
+            "{path:?}"
+        );
+        // From inside the hole, limited by len.
+        assert_eq!(
+            io.extents(16384, 512 << 10, 8),
+            [hole((512 << 10) - 16384), mapped(8192), hole(8192)],
+            "{path:?}"
+        );
+    }
+}
+
+/// Copies between two rdwr stores in both directions while CompareAndWrite
+/// hammers both: every request completes (no lock-order deadlock), and a
+/// copy lands where it should.
+#[test]
+fn rdwr_copy_between_stores() {
+    const SIZE: u64 = 2 << 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(SIZE))
+            .expect("create");
+        let opts = OpenOptions {
+            worker_threads: 4,
+            ..OpenOptions::new(&path)
+        };
+        open_store(StoreKind::Rdwr, &opts).expect("open")
+    };
+    let (a, b) = (open("a.img"), open("b.img"));
+    let mut io_a = Io::new(Arc::clone(&a));
+    let mut io_b = Io::new(Arc::clone(&b));
+    let data = pattern(7, 1 << 20);
+    assert_eq!(io_a.write(4096, &data, false), Ok(1 << 20));
+    let len = (1 << 20) - 512;
+    assert_eq!(io_b.copy(&a, 4096 + 512, 300 << 10, len as u64), Ok(len));
+    let (res, buf) = io_b.read(300 << 10, len);
+    assert_eq!(res, Ok(len));
+    assert!(buf[..] == data[512..], "copied data");
+    let (_, before) = io_b.read((300 << 10) - 4096, 4096);
+    assert!(before.iter().all(|&x| x == 0), "nothing before the copy");
+
+    let (tx, mut rx) = completion_channel().expect("eventfd");
+    let mut expected = 0;
+    for i in 0..16u64 {
+        let (dst, src) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let req = IoRequest::new(i, IoOp::Copy, 1 << 20, AlignedBuf::with_capacity(0))
+            .with_len(256 << 10)
+            .with_source(Arc::clone(src), 0);
+        dst.submit(req, &tx);
+        for store in [&a, &b] {
+            let buf = buf_from(&[0; 2 * BLOCK]);
+            store.submit(IoRequest::new(1000 + i, IoOp::CompareAndWrite, 0, buf), &tx);
+            expected += 1;
+        }
+        expected += 1;
+    }
+    let done = collect(&mut rx, expected);
+    for c in done {
+        match c.op {
+            IoOp::Copy => assert_eq!(c.result, Ok(256 << 10), "copy {}", c.tag),
+            IoOp::CompareAndWrite => assert!(c.result.is_ok(), "{:?}", c.result),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// A full file system reports ENOSPC through the completion: a WriteSame
+/// larger than a 1 MiB tmpfs mounted for the test.
+#[test]
+fn rdwr_enospc() {
+    struct Mount(tempfile::TempDir);
+    impl Drop for Mount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "rtgt-enospc"])
+        .arg(dir.path())
+        .output();
+    match mounted {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            eprintln!(
+                "skipping ENOSPC test: mount tmpfs failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return;
+        }
+        Err(e) => {
+            eprintln!("skipping ENOSPC test: cannot run mount: {e}");
+            return;
+        }
+    }
+    let mount = Mount(dir);
+    let path = sparse_file(mount.0.path(), 4 << 20);
+    let opts = OpenOptions {
+        worker_threads: 1,
+        ..OpenOptions::new(&path)
+    };
+    let store = open_store(StoreKind::Rdwr, &opts).expect("open");
+    let mut io = Io::new(Arc::clone(&store));
+    assert_eq!(
+        io.op(IoOp::WriteSame, 0, &pattern(3, 4096), 3 << 20),
+        Err(IoError::ENOSPC)
+    );
+    // Unmap gives the space back; then a small write fits again.
+    assert_eq!(io.op(IoOp::Unmap, 0, &[], 4 << 20), Ok(4 << 20));
+    assert_eq!(io.write(0, &pattern(4, 4096), false), Ok(4096));
+    drop(io);
+    drop(store);
+    drop(mount);
 }
 
 #[test]
 fn suite_null() {
     let opts = OpenOptions::new("");
-    store_suite(&|o| open_store(StoreKind::Null, o), &opts, false);
+    store_suite(&|o| open_store(StoreKind::Null, o), &opts, false, false);
 }
 
 /// O_DIRECT on a real file system (/var/tmp; tmpfs refuses O_DIRECT).
@@ -400,7 +953,7 @@ fn suite_rdwr_direct() {
         Err(e) => panic!("open O_DIRECT: {e}"),
         Ok(store) => drop(store),
     }
-    store_suite(&|o| open_store(StoreKind::Rdwr, o), &opts, true);
+    store_suite(&|o| open_store(StoreKind::Rdwr, o), &opts, true, true);
 
     // A file whose length is not a multiple of 512: the tail is read through
     // the buffered fallback and the rest zero-filled.
@@ -690,6 +1243,6 @@ fn suite_rdwr_block_device() {
             worker_threads: 4,
             ..OpenOptions::new(&dev)
         };
-        store_suite(&|o| open_store(StoreKind::Rdwr, o), &opts, true);
+        store_suite(&|o| open_store(StoreKind::Rdwr, o), &opts, true, false);
     }
 }
