@@ -67,6 +67,9 @@ pub enum IoOp {
     /// SANITIZE OVERWRITE; SBC-3 §5.42). `len` must be a multiple of
     /// `buf.len()` (else EINVAL). `fua` honoured. `Ok(len)`.
     WriteSame,
+    /// WRITE ATOMIC(16) (SBC-4 §5.48): write the buffer so that no other
+    /// request of this store sees part of it (excluded like CompareAndWrite).
+    WriteAtomic,
     /// COMPARE AND WRITE (SBC-3 §5.3): atomically with respect to every other
     /// request to this store, read `buf.len() / 2` bytes at `offset` and
     /// compare them with the first half of `buf`; if equal, write the second
@@ -124,6 +127,7 @@ impl IoOp {
         matches!(
             self,
             IoOp::Write
+                | IoOp::WriteAtomic
                 | IoOp::Unmap
                 | IoOp::WriteSame
                 | IoOp::CompareAndWrite

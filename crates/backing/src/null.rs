@@ -68,7 +68,7 @@ impl BackingStore for NullStore {
                 buf.zero();
                 Ok(buf.len())
             }
-            IoOp::Write | IoOp::OrWrite => Ok(buf.len()),
+            IoOp::Write | IoOp::WriteAtomic | IoOp::OrWrite => Ok(buf.len()),
             IoOp::Flush => Ok(0),
             IoOp::Unmap => len_usize(len),
             IoOp::WriteSame => check_pattern(len, &buf).and_then(|()| len_usize(len)),

@@ -18,13 +18,14 @@
 //!
 //! The SBC-3 ops beyond read/write/flush ([`IoOp`]) run on the same workers:
 //!
-//! * **Atomicity.** CompareAndWrite (SBC-3 §5.3) and OrWrite (§5.9) must be
+//! * **Atomicity.** CompareAndWrite (SBC-3 §5.3), OrWrite (§5.9) and
+//!   WriteAtomic (SBC-4 §5.48) must be
 //!   atomic against every other request to the store, and the workers run in
 //!   parallel. One `RwLock<()>` per store orders them: every data access
 //!   (Read, Write, each chunk of WriteSame / Compare / Copy / the zero-writing
 //!   Unmap fallback, each hole punch, [`BackingStore::read_blocking`]) holds
-//!   it shared, CompareAndWrite and OrWrite hold it exclusively for their
-//!   read-compare-write. Uncontended that is one atomic op per request.
+//!   it shared, CompareAndWrite, OrWrite and WriteAtomic hold it exclusively
+//!   for their read-compare-write or write. Uncontended that is one atomic op per request.
 //!   Long ops take it per 1 MiB chunk, not for their whole range, so a
 //!   CompareAndWrite (VMware ATS heartbeats) never waits behind a gigabyte
 //!   of WRITE SAME, and, the lock preferring writers, neither does the I/O
@@ -162,6 +163,10 @@ impl Shared {
             }
             IoOp::Write => {
                 let _shared = self.shared_access();
+                self.write(&buf, offset, fua)
+            }
+            IoOp::WriteAtomic => {
+                let _exclusive = self.exclusive_access();
                 self.write(&buf, offset, fua)
             }
             IoOp::Flush => fdatasync(&self.file).map(|()| 0),

@@ -193,6 +193,12 @@ pub(crate) fn store_suite(open: Opener<'_>, opts: &OpenOptions, persistent: bool
         );
     }
     assert_eq!(io.flush(), Ok(0));
+    // WRITE ATOMIC lands like a write (its exclusion is CompareAndWrite's lock).
+    let atomic = pattern(99, 8192);
+    assert_eq!(io.op(IoOp::WriteAtomic, 1 << 20, &atomic, 8192), Ok(8192));
+    let (res, back) = io.read(1 << 20, 8192);
+    assert_eq!(res, Ok(8192));
+    assert!(!persistent || back[..] == atomic[..], "WRITE ATOMIC data");
     for (i, &(offset, len, _)) in cases.iter().enumerate() {
         let (res, buf) = io.read(offset, len);
         assert_eq!(res, Ok(len), "read {offset}+{len}");

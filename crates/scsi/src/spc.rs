@@ -243,10 +243,12 @@ fn block_limits(cfg: &LuConfig) -> [u8; 64] {
         let unmap_granularity = (crate::sbc::PHYSICAL_BLOCK / bs).max(1);
         b[28..32].copy_from_slice(&unmap_granularity.to_be_bytes());
     }
-    // MAXIMUM ATOMIC TRANSFER LENGTH (bytes 44..48, SBC-4 §6.6.4); ATOMIC
-    // ALIGNMENT 0 and ATOMIC TRANSFER LENGTH GRANULARITY 0 (any); no atomic
-    // boundaries.
+    // MAXIMUM ATOMIC TRANSFER LENGTH, ATOMIC ALIGNMENT and ATOMIC TRANSFER
+    // LENGTH GRANULARITY (bytes 44..56, SBC-4 §6.6.4); no atomic boundaries.
     b[44..48].copy_from_slice(&(crate::sbc::MAX_ATOMIC_BYTES / bs).max(1).to_be_bytes());
+    let unit = crate::sbc::atomic_unit(cfg);
+    b[48..52].copy_from_slice(&unit.to_be_bytes());
+    b[52..56].copy_from_slice(&unit.to_be_bytes());
     b
 }
 
