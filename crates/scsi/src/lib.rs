@@ -16,6 +16,7 @@ pub mod sense;
 pub mod spc;
 pub mod status;
 pub mod table;
+pub mod xcopy;
 
 pub use cdb::{cdb_len, Cdb, CdbError, Opcode, PageControl};
 pub use lu::{
