@@ -11,11 +11,13 @@ pub mod cdb;
 pub mod lu;
 pub mod lun;
 mod out;
+pub mod rsoc;
 pub mod sbc;
 pub mod sense;
 pub mod spc;
 pub mod status;
 pub mod table;
+pub mod xcopy;
 
 pub use cdb::{cdb_len, Cdb, CdbError, Opcode, PageControl};
 pub use lu::{

@@ -63,6 +63,27 @@ impl Asc {
     pub const INVALID_FIELD_IN_INFORMATION_UNIT: Asc = Asc(0x0e03);
     pub const MEDIUM_REMOVAL_PREVENTED: Asc = Asc(0x5302);
 
+    // Third-party copy (SPC-4 §5.17, §6.4, table 28).
+    /// OPERATION IN PROGRESS (00h/16h): an EXTENDED COPY with this LIST IDENTIFIER is
+    /// still being processed on the I_T nexus.
+    pub const OPERATION_IN_PROGRESS: Asc = Asc(0x0016);
+    /// UNREACHABLE COPY TARGET (08h/04h).
+    pub const UNREACHABLE_COPY_TARGET: Asc = Asc(0x0804);
+    /// COPY TARGET DEVICE NOT REACHABLE (0Dh/02h), with sense key COPY ABORTED.
+    pub const COPY_TARGET_DEVICE_NOT_REACHABLE: Asc = Asc(0x0d02);
+    /// INCORRECT COPY TARGET DEVICE TYPE (0Dh/03h), with sense key COPY ABORTED.
+    pub const INCORRECT_COPY_TARGET_DEVICE_TYPE: Asc = Asc(0x0d03);
+    /// TOO MANY TARGET DESCRIPTORS (26h/06h): more CSCD descriptors than supported.
+    pub const TOO_MANY_TARGET_DESCRIPTORS: Asc = Asc(0x2606);
+    /// UNSUPPORTED TARGET DESCRIPTOR TYPE CODE (26h/07h).
+    pub const UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE: Asc = Asc(0x2607);
+    /// TOO MANY SEGMENT DESCRIPTORS (26h/08h).
+    pub const TOO_MANY_SEGMENT_DESCRIPTORS: Asc = Asc(0x2608);
+    /// UNSUPPORTED SEGMENT DESCRIPTOR TYPE CODE (26h/09h).
+    pub const UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE: Asc = Asc(0x2609);
+    /// INSUFFICIENT RESOURCES (55h/03h).
+    pub const INSUFFICIENT_RESOURCES: Asc = Asc(0x5503);
+
     /// The additional sense code byte.
     pub const fn asc(self) -> u8 {
         (self.0 >> 8) as u8
