@@ -7,7 +7,8 @@ use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use crate::cdb::{Cdb, CdbError, Opcode};
 use crate::sense::{Asc, Sense, SenseKey};
 use crate::status::Status;
-use crate::{sbc, spc};
+use crate::xcopy::{self, CopyPlan, CopyStatusTable, LuInfo};
+use crate::{rsoc, sbc, spc};
 
 /// Peripheral device type of an LU (SPC-4 §6.6.2, table 141).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,6 +142,8 @@ struct NexusState {
     unit_attentions: VecDeque<Asc>,
     /// PREVENT ALLOW MEDIUM REMOVAL with PREVENT=1 is in effect (SBC-3 §5.5).
     prevent_removal: bool,
+    /// EXTENDED COPY operations of this nexus, for RECEIVE COPY RESULTS (SPC-4 §6.18).
+    copies: CopyStatusTable,
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -278,6 +281,9 @@ pub enum PlanExtra {
     /// WriteSame: the block to write, built by the device server (SANITIZE
     /// OVERWRITE's initialization pattern), used instead of data-out.
     Buffer(Vec<u8>),
+    /// Copy: the EXTENDED COPY being run for this I_T nexus, whose status the
+    /// completion records (SPC-4 §6.18.3).
+    Copy(Box<CopyPlan>, NexusId),
 }
 
 /// I/O for the caller to run on the backing store.
@@ -299,6 +305,9 @@ pub struct IoPlan {
     pub span: u64,
     /// Copy: the LUN whose store is read, and the byte offset there.
     pub source: Option<(u64, u64)>,
+    /// The LUN whose store runs the plan when it is not the command's own (the
+    /// destination of an EXTENDED COPY addressed to another LU).
+    pub store_lun: Option<u64>,
     pub extra: PlanExtra,
 }
 
@@ -314,6 +323,7 @@ impl IoPlan {
             transfer_len: len,
             span: len as u64,
             source: None,
+            store_lun: None,
             extra: PlanExtra::None,
         }
     }
@@ -411,6 +421,7 @@ impl LogicalUnit {
             NexusState {
                 unit_attentions,
                 prevent_removal: false,
+                copies: CopyStatusTable::new(),
             },
         );
     }
@@ -448,6 +459,7 @@ impl LogicalUnit {
             n.unit_attentions.clear();
             n.unit_attentions.push_back(asc);
             n.prevent_removal = false;
+            n.copies.clear();
         }
     }
 
@@ -545,15 +557,10 @@ impl LogicalUnit {
             }
         }
         let cfg = self.cfg();
-        // tgt's LUN 0 controller implements only the SPC basics.
+        // tgt's LUN 0 controller implements only the SPC basics; the table of
+        // REPORT SUPPORTED OPERATION CODES says which.
         if cfg.device_type == DeviceType::Controller
-            && !matches!(
-                op,
-                Opcode::INQUIRY
-                    | Opcode::REPORT_LUNS
-                    | Opcode::REQUEST_SENSE
-                    | Opcode::TEST_UNIT_READY
-            )
+            && !rsoc::is_supported_cdb(DeviceType::Controller, cmd.cdb)
         {
             return Err(CdbError::UnsupportedOpcode(op.0).sense());
         }
@@ -710,13 +717,30 @@ impl LogicalUnit {
                 ready(&cfg)?;
                 sbc::sanitize(&cfg, service_action, parameter_list_length, cmd.data_out)
             }
+            Cdb::ReportSupportedOperationCodes => done(rsoc::report_supported_operation_codes(
+                cfg.device_type,
+                cmd.cdb,
+                data_in,
+            )?),
+            Cdb::ReceiveCopyResults => {
+                let mut st = lock(&self.state);
+                let Some(n) = st.nexuses.get_mut(&cmd.nexus) else {
+                    return Err(Sense::new(
+                        SenseKey::ILLEGAL_REQUEST,
+                        Asc::INVALID_FIELD_IN_CDB,
+                    ));
+                };
+                done(xcopy::receive_copy_results(cmd.cdb, &mut n.copies, data_in)?)
+            }
+            Cdb::ExtendedCopy { .. } => {
+                // The target's LU inventory is needed: LunTable::execute routes
+                // EXTENDED COPY to extended_copy with it.
+                Err(Sense::new(SenseKey::COPY_ABORTED, Asc::COPY_TARGET_DEVICE_NOT_REACHABLE))
+            }
             Cdb::Reserve
             | Cdb::Release
             | Cdb::PersistentReserveIn { .. }
-            | Cdb::PersistentReserveOut { .. }
-            | Cdb::ExtendedCopy { .. }
-            | Cdb::ReceiveCopyResults
-            | Cdb::ReportSupportedOperationCodes => Err(CdbError::UnsupportedOpcode(op.0).sense()),
+            | Cdb::PersistentReserveOut { .. } => Err(CdbError::UnsupportedOpcode(op.0).sense()),
             Cdb::StartStopUnit {
                 power_condition,
                 loej,
@@ -733,6 +757,51 @@ impl LogicalUnit {
                 done(0)
             }
         }
+    }
+
+    /// EXTENDED COPY (SPC-4 §6.4) with this LU as the copy manager; `lus` are the
+    /// target's LUs that may be copy sources or destinations. The one segment the
+    /// parameter list may hold (`xcopy::MAX_SEGMENT_DESCRIPTORS`) becomes a Copy plan
+    /// run by the destination's store, reading the source's.
+    pub fn extended_copy(&self, cmd: &Command<'_>, lus: &[LuInfo]) -> Outcome {
+        Outcome::from(self.extended_copy_inner(cmd, lus))
+    }
+
+    fn extended_copy_inner(&self, cmd: &Command<'_>, lus: &[LuInfo]) -> Result<Outcome, Sense> {
+        if let Some(asc) = self.take_unit_attention(cmd.nexus) {
+            return Err(Sense::new(SenseKey::UNIT_ATTENTION, asc));
+        }
+        let len = match Cdb::decode(cmd.cdb).map_err(|e| e.sense())? {
+            Cdb::ExtendedCopy {
+                parameter_list_length,
+            } => parameter_list_length as usize,
+            _ => return Err(Sense::invalid_field_in_cdb(0, None)),
+        };
+        let param = &cmd.data_out[..len.min(cmd.data_out.len())];
+        let plan = xcopy::parse_extended_copy(cmd.cdb, param, lus)?;
+        let mut st = lock(&self.state);
+        let Some(n) = st.nexuses.get_mut(&cmd.nexus) else {
+            return Err(Sense::new(SenseKey::COPY_ABORTED, Asc::COPY_TARGET_DEVICE_NOT_REACHABLE));
+        };
+        n.copies.begin(&plan)?;
+        let Some(seg) = plan.segments.first().copied() else {
+            let segments = plan.segment_descriptors;
+            n.copies.complete(&plan, true, segments, 0);
+            return Ok(Outcome::Done(Response::good(0)));
+        };
+        Ok(Outcome::Io(IoPlan {
+            span: seg.len,
+            transfer_len: len,
+            source: Some((seg.src_lun, seg.src_offset())),
+            store_lun: Some(seg.dst_lun),
+            extra: PlanExtra::Copy(Box::new(plan), cmd.nexus),
+            ..IoPlan::new(IoKind::Copy, seg.dst_offset(), 0)
+        }))
+    }
+
+    /// Online with its medium loaded: media access commands may run.
+    pub fn medium_ready(&self) -> bool {
+        self.cfg().online && lock(&self.state).medium_loaded
     }
 
     /// START STOP UNIT (SBC-3 §5.20): with POWER CONDITION 0 and LOEJ=1, load
@@ -796,7 +865,27 @@ impl LogicalUnit {
                 sense.information = Some(u32::try_from(n).unwrap_or(u32::MAX));
                 return Response::check_condition(sense);
             }
-            (IoKind::Flush | IoKind::Unmap | IoKind::WriteSame | IoKind::Copy, Ok(_)) => {
+            (IoKind::Copy, result) => {
+                // SPC-4 §6.4.1: a copy that could not finish is COPY ABORTED; the
+                // status RECEIVE COPY RESULTS reports is recorded either way.
+                let ok = result.is_ok();
+                if let PlanExtra::Copy(copy, nexus) = &plan.extra {
+                    if let Some(n) = lock(&self.state).nexuses.get_mut(nexus) {
+                        let (segments, bytes) = if ok {
+                            (copy.segment_descriptors, copy.total_bytes())
+                        } else {
+                            (0, 0)
+                        };
+                        n.copies.complete(copy, ok, segments, bytes);
+                    }
+                }
+                return if ok {
+                    Response::good(0)
+                } else {
+                    Response::check(SenseKey::COPY_ABORTED, Asc::COPY_TARGET_DEVICE_NOT_REACHABLE)
+                };
+            }
+            (IoKind::Flush | IoKind::Unmap | IoKind::WriteSame, Ok(_)) => {
                 return Response::good(0);
             }
             (IoKind::Read, Ok(n)) if n >= plan.len => return Response::good(plan.transfer_len),

@@ -206,14 +206,14 @@ pub(crate) fn plan(
                 return Err(Sense::invalid_field_in_cdb(13, None));
             }
             check_range(cfg, lba, blocks)?;
-            if blocks == 0 {
-                return good();
-            }
             let bytes = 2 * blocks as usize * bsz;
             // SBC-3 §5.2: the Data-Out Buffer holds exactly the verify and the
             // write instances; any other length is an error, not a partial write.
             if data_out.len() != bytes {
                 return Err(Sense::invalid_field_in_cdb(13, None));
+            }
+            if blocks == 0 {
+                return good();
             }
             Ok(Outcome::Io(IoPlan {
                 fua,

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::cdb::{Cdb, Opcode};
-use crate::lu::{Command, LogicalUnit, Outcome, Response};
+use crate::lu::{Command, DeviceType, LogicalUnit, Outcome, Response};
+use crate::xcopy::LuInfo;
 use crate::out::Out;
 use crate::sense::{Asc, Sense, SenseKey};
 use crate::spc;
@@ -64,6 +65,17 @@ impl LunTable {
             return Outcome::Done(self.report_luns(cmd, data_in));
         }
         if let Some(lu) = self.luns.get(&lun) {
+            if op == Some(Opcode::EXTENDED_COPY) && lu.config().device_type == DeviceType::Disk {
+                // The copy manager needs every LU a copy may name (SPC-4 §6.4.5):
+                // the disks of this target that are ready.
+                let lus: Vec<LuInfo> = self
+                    .luns
+                    .values()
+                    .filter(|l| l.medium_ready())
+                    .filter_map(|l| LuInfo::from_config(l.lun(), &l.cfg()))
+                    .collect();
+                return lu.extended_copy(cmd, &lus);
+            }
             return lu.execute(cmd, data_in);
         }
         Outcome::Done(missing_lun(cmd, data_in))

@@ -225,7 +225,7 @@ impl LuInfo {
             naa: spc::naa_designator(&cfg.scsi_id).to_be_bytes(),
             block_size: cfg.block_len(),
             num_blocks: cfg.num_blocks(),
-            readonly: cfg.readonly,
+            readonly: cfg.write_protected(),
         })
     }
 }

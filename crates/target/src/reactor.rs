@@ -605,7 +605,7 @@ impl Reactor {
                 );
             }
             Outcome::Io(plan) => {
-                let store = snap.stores.get(&lun);
+                let store = snap.stores.get(&plan.store_lun.unwrap_or(lun));
                 let source = match plan.source {
                     Some((src_lun, offset)) => snap
                         .stores
