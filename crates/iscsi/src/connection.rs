@@ -208,6 +208,49 @@ struct Task<B> {
     r2t_next_offset: u32,
     r2t_sn: u32,
     r2ts: Vec<R2tState>,
+    /// Set when its write data went wrong: the task is answered with CHECK
+    /// CONDITION once its open sequences are closed, and never delivered.
+    failed: Option<DataError>,
+}
+
+/// SCSI status CHECK CONDITION (SAM-5 §5.3.1).
+const CHECK_CONDITION: u8 = 0x02;
+
+/// Why a write's data failed (RFC 7143 §7.8, §7.9), each an iSCSI condition
+/// reported as ABORTED COMMAND with the sense codes of §11.4.7.2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataError {
+    /// A Data-Out lost to a data digest error, or implied lost by a DataSN
+    /// out of order (§7.9): "Protocol Service CRC error", 47h/05h.
+    ProtocolServiceCrc,
+    /// Unsolicited data the target did not allow (InitialR2T=Yes, or past
+    /// the end of the unsolicited sequence): "Unexpected unsolicited data", 0Ch/0Ch.
+    UnexpectedUnsolicited,
+    /// Data at the wrong offset, beyond its sequence, or a sequence ended
+    /// short (DataPDUInOrder=Yes, §13.18): "Incorrect amount of data", 0Ch/0Dh.
+    IncorrectAmount,
+    /// A TTT that names no outstanding R2T: INVALID TARGET PORT TRANSFER
+    /// TAG RECEIVED, 4Bh/01h (SPC-4).
+    InvalidTtt,
+}
+
+impl DataError {
+    /// Fixed-format sense data (SPC-4 §4.5.3): ABORTED COMMAND and the ASC/ASCQ.
+    fn sense(self) -> [u8; 18] {
+        let (asc, ascq) = match self {
+            DataError::ProtocolServiceCrc => (0x47, 0x05),
+            DataError::UnexpectedUnsolicited => (0x0c, 0x0c),
+            DataError::IncorrectAmount => (0x0c, 0x0d),
+            DataError::InvalidTtt => (0x4b, 0x01),
+        };
+        let mut s = [0u8; 18];
+        s[0] = 0x70;
+        s[2] = 0x0b; // ABORTED COMMAND
+        s[7] = 10;
+        s[12] = asc;
+        s[13] = ascq;
+        s
+    }
 }
 
 /// Where a non-immediate request's CmdSN falls (§4.2.2.1).
@@ -455,6 +498,14 @@ impl<B: DataBuf> Connection<B> {
                 if digest_from(d) != crc32c_of(&[data, padding]) {
                     // §7.8 / §11.17.1: Reject with Data-Digest-Error and discard the PDU.
                     self.queue_reject(&bhs, RejectReason::DATA_DIGEST_ERROR);
+                    if self.phase == Phase::FullFeature
+                        && self.params.session_type == SessionType::Normal
+                    {
+                        if let InitiatorPdu::DataOut(d) = InitiatorPdu::decode(&bhs) {
+                            // A lost data PDU fails its task (§7.8 option b).
+                            self.handle_data_out(d, data, false);
+                        }
+                    }
                     continue;
                 }
             }
@@ -510,7 +561,10 @@ impl<B: DataBuf> Connection<B> {
                 Err(ConnectionError::DiscoverySession(bhs.opcode()))
             }
             InitiatorPdu::ScsiCommand(cmd) => self.handle_scsi_command(bhs, cmd, ahs, data, alloc),
-            InitiatorPdu::DataOut(d) => self.handle_data_out(bhs, d, data),
+            InitiatorPdu::DataOut(d) => {
+                self.handle_data_out(d, data, true);
+                Ok(())
+            }
             InitiatorPdu::NopOut(n) => {
                 self.handle_nop_out(n, data);
                 Ok(())
@@ -1049,6 +1103,7 @@ impl<B: DataBuf> Connection<B> {
             r2t_next_offset: 0,
             r2t_sn: 0,
             r2ts: Vec::new(),
+            failed: None,
         };
         let mut need_r2t = false;
         if cmd.write && edtl > 0 {
@@ -1159,65 +1214,101 @@ impl<B: DataBuf> Connection<B> {
         self.events.push_back(Event::Command(cmd));
     }
 
-    fn handle_data_out(
-        &mut self,
-        bhs: &Bhs,
-        d: DataOutPdu,
-        data: &[u8],
-    ) -> Result<(), ConnectionError> {
+    /// A Data-Out PDU (§11.7). `digest_ok` is false when its data digest
+    /// failed: the PDU was rejected and its data is not used, but its header
+    /// still closes the sequence it belongs to.
+    ///
+    /// Nothing here closes the connection: at ERL 0 a Data-Out that is out of
+    /// sequence or lost to a digest error fails its task (§7.8 option b, §7.9),
+    /// and the task's status goes out once every sequence it has open has been
+    /// closed with the F bit.
+    fn handle_data_out(&mut self, d: DataOutPdu, data: &[u8], digest_ok: bool) {
         let len = data.len() as u32;
         let Some(t) = self.tasks.get_mut(&d.itt) else {
-            // Aborted, completed or never buffered: discard (§11.7).
-            return Ok(());
+            // Aborted, completed or never instantiated: discard (§11.7).
+            return;
         };
-        if t.delivered || t.buffer.is_none() {
-            return Ok(());
+        if t.delivered || (t.buffer.is_none() && t.failed.is_none()) {
+            // Unbufferable write (delivered without data): discard.
+            return;
         }
-        let mut burst_done = false;
+        let end = u64::from(d.buffer_offset) + u64::from(len);
+        let mut error = if digest_ok {
+            None
+        } else {
+            // §7.8: a discarded data PDU fails the task (no recovery R2T at ERL 0).
+            Some(DataError::ProtocolServiceCrc)
+        };
+        let mut closes = false;
         if d.ttt == RESERVED_TAG {
             // Unsolicited data (§4.2.5.2): in order, within FirstBurstLength.
-            if !t.unsol_active
-                || d.data_sn != t.unsol_data_sn
-                || d.buffer_offset != t.unsol_next
-                || u64::from(d.buffer_offset) + u64::from(len) > u64::from(t.unsol_end)
-            {
-                self.queue_reject(bhs, RejectReason::PROTOCOL_ERROR);
-                return Err(ConnectionError::Protocol(
-                    "unsolicited Data-Out out of sequence",
-                ));
-            }
-            t.unsol_next += len;
-            t.unsol_data_sn = t.unsol_data_sn.wrapping_add(1);
-            if d.final_bit || t.unsol_next == t.unsol_end {
-                t.unsol_active = false;
-                t.r2t_next_offset = t.unsol_next;
-                burst_done = true;
+            if !t.unsol_active {
+                // InitialR2T=Yes, or after the unsolicited sequence ended.
+                error.get_or_insert(DataError::UnexpectedUnsolicited);
+            } else {
+                closes = d.final_bit || end >= u64::from(t.unsol_end);
+                if error.is_none() && t.failed.is_none() {
+                    if d.data_sn != t.unsol_data_sn {
+                        // §7.9: a DataSN gap means an earlier PDU was lost.
+                        error = Some(DataError::ProtocolServiceCrc);
+                    } else if d.buffer_offset != t.unsol_next || end > u64::from(t.unsol_end) {
+                        // DataPDUInOrder=Yes (§13.18): no gaps, no overlays.
+                        error = Some(DataError::IncorrectAmount);
+                    }
+                }
+                if closes {
+                    t.unsol_active = false;
+                }
             }
         } else {
-            // Solicited data (§11.7): TTT of an outstanding R2T, DataSN and
-            // offsets in order within the burst (DataPDUInOrder=Yes).
-            let Some(i) = t.r2ts.iter().position(|r| r.ttt == d.ttt) else {
-                self.queue_reject(bhs, RejectReason::INVALID_PDU_FIELD);
-                return Err(ConnectionError::Protocol(
-                    "Data-Out with unknown Target Transfer Tag",
-                ));
-            };
-            let r = &mut t.r2ts[i];
-            if d.data_sn != r.next_data_sn
-                || d.buffer_offset != r.offset + r.received
-                || r.received + len > r.len
-                || (d.final_bit && r.received + len != r.len)
-            {
-                self.queue_reject(bhs, RejectReason::PROTOCOL_ERROR);
-                return Err(ConnectionError::Protocol(
-                    "solicited Data-Out out of sequence",
-                ));
+            // Solicited data (§11.7): the TTT of an outstanding R2T, DataSN and
+            // offsets in order within its sequence (DataPDUInOrder=Yes).
+            match t.r2ts.iter().position(|r| r.ttt == d.ttt) {
+                None => {
+                    error.get_or_insert(DataError::InvalidTtt);
+                }
+                Some(i) => {
+                    let r = &t.r2ts[i];
+                    let r_end = u64::from(r.offset) + u64::from(r.len);
+                    closes = d.final_bit || end >= r_end;
+                    if error.is_none() && t.failed.is_none() {
+                        if d.data_sn != r.next_data_sn {
+                            error = Some(DataError::ProtocolServiceCrc);
+                        } else if u64::from(d.buffer_offset)
+                            != u64::from(r.offset) + u64::from(r.received)
+                            || end > r_end
+                            || (d.final_bit && end != r_end)
+                        {
+                            error = Some(DataError::IncorrectAmount);
+                        }
+                    }
+                    if closes {
+                        t.r2ts.swap_remove(i);
+                    }
+                }
             }
-            r.received += len;
-            r.next_data_sn = r.next_data_sn.wrapping_add(1);
-            if r.received == r.len {
-                t.r2ts.swap_remove(i);
-                burst_done = true;
+        }
+        if let Some(e) = error {
+            t.failed.get_or_insert(e);
+        }
+        if t.failed.is_some() {
+            // Nothing of a failed task is stored; no further R2T is sent.
+            if !t.unsol_active && t.r2ts.is_empty() {
+                self.fail_task(d.itt);
+            }
+            return;
+        }
+        // In sequence: account and store (all offsets were checked above).
+        if d.ttt == RESERVED_TAG {
+            t.unsol_next += len;
+            t.unsol_data_sn = t.unsol_data_sn.wrapping_add(1);
+            if closes {
+                t.r2t_next_offset = t.unsol_next;
+            }
+        } else if !closes {
+            if let Some(r) = t.r2ts.iter_mut().find(|r| r.ttt == d.ttt) {
+                r.received += len;
+                r.next_data_sn = r.next_data_sn.wrapping_add(1);
             }
         }
         let off = d.buffer_offset as usize;
@@ -1233,10 +1324,37 @@ impl<B: DataBuf> Connection<B> {
         if t.received >= t.edtl {
             t.data_complete = true;
             self.try_deliver(d.itt);
-        } else if burst_done {
+        } else if closes {
             self.issue_r2ts(d.itt);
         }
-        Ok(())
+    }
+
+    /// Ends a task whose write data failed: CHECK CONDITION with the iSCSI
+    /// condition's sense data (§11.4.7.2), its buffer back to the driver. The
+    /// command never reaches the target.
+    fn fail_task(&mut self, itt: u32) {
+        let Some(t) = self.tasks.get(&itt) else {
+            return;
+        };
+        let Some(e) = t.failed else {
+            return;
+        };
+        if !t.ordered {
+            // Keep the CmdSN accounted, but not linked to a forgotten task.
+            if let Some(v) = self.ahead.get_mut(&t.cmd_sn) {
+                *v = None;
+            }
+        }
+        self.complete_command(
+            itt,
+            CommandResponse {
+                status: CHECK_CONDITION,
+                sense: e.sense().to_vec(),
+                data: None,
+                data_len: 0,
+                residual: Residual::None,
+            },
+        );
     }
 
     /// The target's completion of a command: Data-In and/or SCSI Response.

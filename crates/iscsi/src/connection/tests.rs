@@ -555,11 +555,15 @@ fn data_digest_error_on_data_out_is_rejected() {
     assert_eq!(r[0].op(), Opcode::REJECT);
     assert_eq!(r[0].bhs.0[2], RejectReason::DATA_DIGEST_ERROR.0);
     assert_eq!(&r[0].data[..], &bytes[..BHS_LEN]);
+    // At ERL 0 there is no recovery R2T: the task ends with "protocol service
+    // CRC error" (§7.8 option b); the discarded PDU carried the F bit.
+    assert_eq!(r.len(), 2);
+    assert_aborted(&r[1], 1, 0x47, 0x05);
     assert!(h.events().is_empty());
-    // Resent correctly, the command completes.
+    // A resend is too late: discarded.
     h.ok(data_out_bhs(1, ttt, 0, 0, true), &[7u8; 512]);
-    let c = command_event(h.events().remove(0));
-    assert_eq!(c.data.unwrap(), vec![7u8; 512]);
+    assert!(h.events().is_empty() && h.recv().is_empty());
+    assert!(!h.c.is_closed());
 }
 
 #[test]
@@ -661,16 +665,189 @@ fn write_with_all_immediate_data_is_delivered_at_once() {
     assert!(h.recv().is_empty());
 }
 
-#[test]
-fn bad_data_out_sequence_rejects_and_closes() {
-    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+/// Checks a SCSI Response carrying CHECK CONDITION, ABORTED COMMAND and the
+/// given ASC/ASCQ (RFC 7143 §11.4.7.2), for `itt`.
+fn assert_aborted(r: &Rx, itt: u32, asc: u8, ascq: u8) {
+    assert_eq!(r.op(), Opcode::SCSI_RESPONSE, "{r:?}");
+    assert_eq!(r.bhs.itt(), itt);
+    assert_eq!(r.bhs.0[2], 0, "response: command completed at target");
+    assert_eq!(r.bhs.0[3], 2, "CHECK CONDITION");
+    assert_eq!(&r.data[..2], &[0, 18], "SenseLength");
+    assert_eq!(r.data[2] & 0x7f, 0x70);
+    assert_eq!(r.data[2 + 2], 0x0b, "ABORTED COMMAND");
+    assert_eq!((r.data[2 + 12], r.data[2 + 13]), (asc, ascq));
+}
+
+/// After a failed write the connection carries on: the next command runs.
+fn assert_still_serving(h: &mut Harness) {
+    assert!(!h.c.is_closed());
+    assert_eq!(h.c.outstanding_tasks(), 0, "failed task forgotten");
     let sn = h.next_sn();
-    h.ok(scsi_bhs(1, false, true, true, 1024, sn, 0x2a, false), &[]);
+    h.ok(scsi_bhs(0x99, true, false, true, 512, sn, 0x28, false), &[]);
+    assert_eq!(command_event(h.events().remove(0)).itt, 0x99);
+}
+
+/// libiscsi's iSCSIDataSnInvalid with ImmediateData off and InitialR2T=No:
+/// the unsolicited Data-Out PDUs of a WRITE carry a wrong DataSN. At ERL 0
+/// that implies a lost PDU (§7.9), so the task ends with CHECK CONDITION
+/// "protocol service CRC error" once the sequence is closed (§7.8 option b);
+/// the connection stays up and nothing is written.
+#[test]
+fn unsolicited_data_sn_errors_fail_the_task_not_the_connection() {
+    // (DataSN of each 512-byte PDU, write length)
+    let cases: [(&[u32], u32); 4] = [
+        (&[0, 0], 1024),    // repeated DataSN
+        (&[27], 512),       // DataSN 27
+        (&[u32::MAX], 512), // DataSN -1
+        (&[1, 0], 1024),    // reversed
+    ];
+    for (sns, edtl) in cases {
+        let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+        let sn = h.next_sn();
+        h.ok(scsi_bhs(5, false, true, false, edtl, sn, 0x2a, false), &[]);
+        assert!(h.recv().is_empty());
+        for (i, &dsn) in sns.iter().enumerate() {
+            let last = i + 1 == sns.len();
+            h.ok(
+                data_out_bhs(5, RESERVED_TAG, dsn, 512 * i as u32, last),
+                &[0xaa; 512],
+            );
+            if !last {
+                assert!(h.recv().is_empty(), "{sns:?}: status waits for the F bit");
+            }
+        }
+        let r = h.recv();
+        assert_eq!(r.len(), 1, "{sns:?}");
+        assert_aborted(&r[0], 5, 0x47, 0x05);
+        assert!(h.events().is_empty(), "{sns:?}: never delivered");
+        assert_eq!(h.c.poll_free_buffer().map(|b| b.len()), Some(edtl as usize));
+        assert_still_serving(&mut h);
+    }
+}
+
+#[test]
+fn solicited_data_sn_error_fails_after_the_sequence_and_stops_r2ts() {
+    let keys = "HeaderDigest=None\0DataDigest=None\0InitialR2T=Yes\0ImmediateData=No\0MaxBurstLength=1024\0MaxOutstandingR2T=1\0";
+    let mut h = login_normal(TargetConfig::default(), keys);
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(6, false, true, true, 4096, sn, 0x2a, false), &[]);
     let r = h.recv();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].op(), Opcode::R2T);
     let ttt = r[0].bhs.u32_at(20);
-    let e = h.send(data_out_bhs(1, ttt, 1, 0, true), &[], &[0u8; 1024]);
-    assert!(matches!(e, Err(ConnectionError::Protocol(_))));
-    assert_eq!(h.recv()[0].op(), Opcode::REJECT);
+    // First sequence fine.
+    h.ok(data_out_bhs(6, ttt, 0, 0, false), &[1u8; 512]);
+    h.ok(data_out_bhs(6, ttt, 1, 512, true), &[1u8; 512]);
+    let r = h.recv();
+    assert_eq!(r[0].op(), Opcode::R2T);
+    let ttt = r[0].bhs.u32_at(20);
+    assert_eq!(r[0].bhs.u32_at(40), 1024);
+    // Second sequence: DataSN 1 where 0 is expected.
+    h.ok(data_out_bhs(6, ttt, 1, 1024, false), &[2u8; 512]);
+    assert!(h.recv().is_empty(), "waits for the F bit of the open R2T");
+    h.ok(data_out_bhs(6, ttt, 2, 1536, true), &[2u8; 512]);
+    let r = h.recv();
+    assert_eq!(r.len(), 1, "no further R2T, just the status: {r:?}");
+    assert_aborted(&r[0], 6, 0x47, 0x05);
+    assert_eq!(r[0].bhs.u32_at(36), 2, "ExpDataSN = R2Ts sent");
+    assert!(h.events().is_empty());
+    // A late Data-Out of the ended task is discarded silently.
+    h.ok(data_out_bhs(6, ttt, 3, 2048, true), &[2u8; 512]);
+    assert!(h.recv().is_empty());
+    assert_still_serving(&mut h);
+}
+
+#[test]
+fn data_out_offset_and_length_errors_fail_the_task() {
+    // (TTT choice, DataSN, offset, length, F) of the bad PDU on a 2048-byte
+    // write with an R2T for 0..2048 (InitialR2T=Yes, MaxBurstLength 2048).
+    struct Case {
+        offset: u32,
+        len: usize,
+        fin: bool,
+        asc: (u8, u8),
+    }
+    let cases = [
+        // A gap: offset 512 where 0 is expected.
+        Case {
+            offset: 512,
+            len: 512,
+            fin: true,
+            asc: (0x0c, 0x0d),
+        },
+        // Beyond the R2T (and EDTL).
+        Case {
+            offset: 0,
+            len: 4096,
+            fin: true,
+            asc: (0x0c, 0x0d),
+        },
+        // Offset near 2^32: no overflow, no copy.
+        Case {
+            offset: u32::MAX - 100,
+            len: 512,
+            fin: true,
+            asc: (0x0c, 0x0d),
+        },
+        // F bit before the R2T's data is all there.
+        Case {
+            offset: 0,
+            len: 512,
+            fin: true,
+            asc: (0x0c, 0x0d),
+        },
+    ];
+    let keys = "HeaderDigest=None\0DataDigest=None\0InitialR2T=Yes\0ImmediateData=No\0MaxBurstLength=2048\0MaxRecvDataSegmentLength=8192\0";
+    let cfg = TargetConfig {
+        max_recv_data_segment_length: 8192,
+        ..Default::default()
+    };
+    for c in cases {
+        let mut h = login_normal(cfg.clone(), keys);
+        let sn = h.next_sn();
+        h.ok(scsi_bhs(7, false, true, true, 2048, sn, 0x2a, false), &[]);
+        let ttt = h.recv()[0].bhs.u32_at(20);
+        h.ok(data_out_bhs(7, ttt, 0, c.offset, c.fin), &vec![9u8; c.len]);
+        let r = h.recv();
+        assert_eq!(r.len(), 1, "offset {} len {}", c.offset, c.len);
+        assert_aborted(&r[0], 7, c.asc.0, c.asc.1);
+        assert!(h.events().is_empty());
+        let b = h.c.poll_free_buffer().unwrap();
+        assert!(
+            b.iter().all(|&x| x == 0),
+            "nothing stored for a failed task"
+        );
+        assert_still_serving(&mut h);
+    }
+}
+
+#[test]
+fn unknown_ttt_and_unexpected_unsolicited_data_fail_the_task() {
+    let keys = "HeaderDigest=None\0DataDigest=None\0InitialR2T=Yes\0ImmediateData=No\0";
+    // A TTT that names no R2T: the task fails once its R2T is closed.
+    let mut h = login_normal(TargetConfig::default(), keys);
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(8, false, true, true, 512, sn, 0x2a, false), &[]);
+    let ttt = h.recv()[0].bhs.u32_at(20);
+    h.ok(data_out_bhs(8, ttt ^ 0x5555, 0, 0, true), &[1u8; 512]);
+    assert!(h.recv().is_empty(), "the R2T is still open");
+    h.ok(data_out_bhs(8, ttt, 0, 0, true), &[1u8; 512]);
+    let r = h.recv();
+    assert_aborted(&r[0], 8, 0x4b, 0x01);
+    assert!(h.events().is_empty());
+    assert_still_serving(&mut h);
+
+    // Unsolicited data under InitialR2T=Yes.
+    let mut h = login_normal(TargetConfig::default(), keys);
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(9, false, true, true, 512, sn, 0x2a, false), &[]);
+    let ttt = h.recv()[0].bhs.u32_at(20);
+    h.ok(data_out_bhs(9, RESERVED_TAG, 0, 0, true), &[1u8; 512]);
+    assert!(h.recv().is_empty());
+    h.ok(data_out_bhs(9, ttt, 0, 0, true), &[1u8; 512]);
+    let r = h.recv();
+    assert_aborted(&r[0], 9, 0x0c, 0x0c);
+    assert_still_serving(&mut h);
 }
 
 #[test]
