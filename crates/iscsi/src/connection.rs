@@ -264,6 +264,19 @@ enum CmdSnOrder {
     Drop,
 }
 
+/// What waits in the CmdSN window for ExpCmdSN to reach it (§4.2.2.1).
+#[derive(Debug)]
+enum Waiting {
+    /// The CmdSN is consumed and nothing is left to run (a rejected, aborted
+    /// or failed command).
+    Nothing,
+    /// A SCSI command (by ITT), delivered once in order.
+    Task(u32),
+    /// A non-immediate NOP-Out, Text, Task Management or Logout request
+    /// (header and data), run once in order.
+    Request(Box<(Bhs, Vec<u8>)>),
+}
+
 /// Serial number arithmetic (RFC 1982), as required for CmdSN (§4.2.2.1).
 fn sn_lt(a: u32, b: u32) -> bool {
     a != b && (b.wrapping_sub(a) as i32) > 0
@@ -302,7 +315,7 @@ pub struct Connection<B> {
     stat_sn: u32,
     exp_cmd_sn: u32,
     max_cmd_sn: u32,
-    ahead: HashMap<u32, Option<u32>>,
+    ahead: HashMap<u32, Waiting>,
     next_ttt: u32,
 
     tasks: HashMap<u32, Task<B>>,
@@ -565,46 +578,45 @@ impl<B: DataBuf> Connection<B> {
                 self.handle_data_out(d, data, true);
                 Ok(())
             }
-            InitiatorPdu::NopOut(n) => {
-                self.handle_nop_out(n, data);
+            InitiatorPdu::NopOut(n) if n.itt == RESERVED_TAG => {
+                // §11.18: an answer to our ping (or a ping needing no answer);
+                // its CmdSN is not advanced (the I bit is set).
+                if n.ttt != RESERVED_TAG && Some(n.ttt) == self.ping_ttt {
+                    self.ping_ttt = None;
+                }
                 Ok(())
             }
-            InitiatorPdu::TaskMgmt(t) => {
-                if !t.immediate && self.account_cmd_sn(t.cmd_sn) == CmdSnOrder::Drop {
+            InitiatorPdu::NopOut(NopOutPdu {
+                immediate, cmd_sn, ..
+            })
+            | InitiatorPdu::TaskMgmt(pdu::TaskMgmtPdu {
+                immediate, cmd_sn, ..
+            })
+            | InitiatorPdu::Text(TextRequestPdu {
+                immediate, cmd_sn, ..
+            })
+            | InitiatorPdu::Logout(pdu::LogoutRequestPdu {
+                immediate, cmd_sn, ..
+            }) => {
+                if immediate {
+                    // §4.2.2.1: immediate requests are not ordered and carry
+                    // the current CmdSN without consuming it.
+                    self.run_request(bhs, data);
                     return Ok(());
                 }
-                self.events.push_back(Event::TaskManagement(TaskManagement {
-                    itt: t.itt,
-                    function: t.function,
-                    lun: t.lun,
-                    referenced_itt: t.referenced_task_tag,
-                    ref_cmd_sn: t.ref_cmd_sn,
-                }));
-                Ok(())
-            }
-            InitiatorPdu::Text(t) => {
-                self.handle_text(bhs, t, data);
-                Ok(())
-            }
-            InitiatorPdu::Logout(l) => {
-                if !l.immediate && self.account_cmd_sn(l.cmd_sn) == CmdSnOrder::Drop {
-                    return Ok(());
+                match self.check_cmd_sn(cmd_sn) {
+                    // §4.2.2.1: outside the window or a duplicate: silently ignored.
+                    CmdSnOrder::Drop => {}
+                    // Held, with its data, until the gap before it is filled.
+                    CmdSnOrder::Ahead => {
+                        self.ahead
+                            .insert(cmd_sn, Waiting::Request(Box::new((*bhs, data.to_vec()))));
+                    }
+                    CmdSnOrder::InOrder => {
+                        self.run_request(bhs, data);
+                        self.drain_ahead();
+                    }
                 }
-                // §11.15.1: 0 success; 2 = connection recovery not supported (ERL 0).
-                let response = if l.reason_code == 2 { 2 } else { 0 };
-                let sn = self.sn_fields(true);
-                let h = pdu::encode_logout_response(
-                    l.itt,
-                    response,
-                    sn,
-                    self.params.default_time2wait.min(u16::MAX as u32) as u16,
-                    self.params.default_time2retain.min(u16::MAX as u32) as u16,
-                );
-                self.queue(h, OutData::None, None);
-                self.events.push_back(Event::Logout {
-                    reason: l.reason_code,
-                });
-                self.phase = Phase::Closing;
                 Ok(())
             }
             InitiatorPdu::Snack(_) => {
@@ -646,8 +658,10 @@ impl<B: DataBuf> Connection<B> {
         sn
     }
 
-    /// Window check and accounting of a non-immediate request's CmdSN (§4.2.2.1).
-    fn check_cmd_sn(&mut self, cmd_sn: u32, itt: Option<u32>) -> CmdSnOrder {
+    /// Window check and accounting of a non-immediate request's CmdSN
+    /// (§4.2.2.1). A request ahead of ExpCmdSN takes its place in `ahead`
+    /// (as `Waiting::Nothing` until the caller says what waits there).
+    fn check_cmd_sn(&mut self, cmd_sn: u32) -> CmdSnOrder {
         // Window size: MaxCmdSN - ExpCmdSN + 1; zero when MaxCmdSN = ExpCmdSN - 1
         // (window closed). A size beyond 2**31 cannot be a real window.
         let off = cmd_sn.wrapping_sub(self.exp_cmd_sn);
@@ -665,32 +679,82 @@ impl<B: DataBuf> Connection<B> {
             match self.ahead.entry(cmd_sn) {
                 std::collections::hash_map::Entry::Occupied(_) => CmdSnOrder::Drop,
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(itt);
+                    v.insert(Waiting::Nothing);
                     CmdSnOrder::Ahead
                 }
             }
         }
     }
 
-    /// Non-SCSI requests: account the CmdSN and release what waited on it.
-    fn account_cmd_sn(&mut self, cmd_sn: u32) -> CmdSnOrder {
-        let o = self.check_cmd_sn(cmd_sn, None);
-        self.drain_ahead();
-        o
-    }
-
     /// Requests held ahead of ExpCmdSN become in order once the gap is filled:
-    /// advance ExpCmdSN over them and deliver commands in CmdSN order (§4.2.2.1).
+    /// advance ExpCmdSN over them, deliver commands and run requests in CmdSN
+    /// order (§4.2.2.1).
     fn drain_ahead(&mut self) {
         while let Some(waiting) = self.ahead.remove(&self.exp_cmd_sn) {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-            if let Some(itt) = waiting {
-                if let Some(t) = self.tasks.get_mut(&itt) {
-                    t.ordered = true;
+            match waiting {
+                Waiting::Nothing => {}
+                Waiting::Task(itt) => {
+                    if let Some(t) = self.tasks.get_mut(&itt) {
+                        t.ordered = true;
+                    }
+                    self.try_deliver(itt);
                 }
-                self.try_deliver(itt);
+                Waiting::Request(p) => {
+                    if self.phase == Phase::FullFeature {
+                        self.run_request(&p.0, &p.1);
+                    }
+                }
             }
         }
+    }
+
+    /// Runs a NOP-Out, Text, Task Management or Logout request whose turn has
+    /// come (immediate, or in CmdSN order).
+    fn run_request(&mut self, bhs: &Bhs, data: &[u8]) {
+        match InitiatorPdu::decode(bhs) {
+            InitiatorPdu::NopOut(n) => self.handle_nop_out(n, data),
+            InitiatorPdu::Text(t) => self.handle_text(bhs, t, data),
+            InitiatorPdu::TaskMgmt(t) => {
+                self.events.push_back(Event::TaskManagement(TaskManagement {
+                    itt: t.itt,
+                    function: t.function,
+                    lun: t.lun,
+                    referenced_itt: t.referenced_task_tag,
+                    ref_cmd_sn: t.ref_cmd_sn,
+                }));
+            }
+            InitiatorPdu::Logout(l) => self.handle_logout(l.itt, l.reason_code),
+            _ => {}
+        }
+    }
+
+    /// Logout Request (§11.14): "the target MUST terminate all pending
+    /// commands, whether acknowledged via ExpCmdSN or not" (§11.14.1 for close
+    /// the session / connection; with one connection per session, all of
+    /// them). Tasks still gathering data are dropped here and their buffers
+    /// returned; a later `complete_command` for a task already delivered is
+    /// ignored and its buffer returned. The Logout Response follows at once.
+    fn handle_logout(&mut self, itt: u32, reason: u8) {
+        let pending: Vec<u32> = self.tasks.keys().copied().collect();
+        for t in pending {
+            self.abort_task(t);
+        }
+        self.pending_send_targets = None;
+        self.text_out = None;
+        // §11.15.1: 0 success; 2 = connection recovery not supported (ERL 0).
+        let response = if reason == 2 { 2 } else { 0 };
+        let sn = self.sn_fields(true);
+        let h = pdu::encode_logout_response(
+            itt,
+            response,
+            sn,
+            self.params.default_time2wait.min(u16::MAX as u32) as u16,
+            self.params.default_time2retain.min(u16::MAX as u32) as u16,
+        );
+        self.queue(h, OutData::None, None);
+        self.events.push_back(Event::Logout { reason });
+        self.phase = Phase::Closing;
     }
 
     fn alloc_ttt(&mut self) -> u32 {
@@ -1040,7 +1104,7 @@ impl<B: DataBuf> Connection<B> {
         let order = if cmd.immediate {
             CmdSnOrder::InOrder
         } else {
-            self.check_cmd_sn(cmd.cmd_sn, None)
+            self.check_cmd_sn(cmd.cmd_sn)
         };
         if order == CmdSnOrder::Drop {
             // §4.2.2.1: outside the window: silently ignored.
@@ -1145,7 +1209,7 @@ impl<B: DataBuf> Connection<B> {
         let itt = cmd.itt;
         self.tasks.insert(itt, task);
         if order == CmdSnOrder::Ahead {
-            self.ahead.insert(cmd.cmd_sn, Some(itt));
+            self.ahead.insert(cmd.cmd_sn, Waiting::Task(itt));
         }
         if need_r2t {
             self.issue_r2ts(itt);
@@ -1342,7 +1406,7 @@ impl<B: DataBuf> Connection<B> {
         if !t.ordered {
             // Keep the CmdSN accounted, but not linked to a forgotten task.
             if let Some(v) = self.ahead.get_mut(&t.cmd_sn) {
-                *v = None;
+                *v = Waiting::Nothing;
             }
         }
         self.complete_command(
@@ -1475,7 +1539,7 @@ impl<B: DataBuf> Connection<B> {
             if !t.ordered {
                 // Keep the CmdSN accounted, but not linked to a forgotten task.
                 if let Some(v) = self.ahead.get_mut(&t.cmd_sn) {
-                    *v = None;
+                    *v = Waiting::Nothing;
                 }
             }
         }
@@ -1494,17 +1558,8 @@ impl<B: DataBuf> Connection<B> {
 
     // ----- NOP, Text ---------------------------------------------------------
 
+    /// A NOP-Out ping (ITT not reserved) whose turn has come.
     fn handle_nop_out(&mut self, n: NopOutPdu, data: &[u8]) {
-        if n.itt == RESERVED_TAG {
-            // §11.18: an answer to our ping (or a ping needing no answer).
-            if n.ttt != RESERVED_TAG && Some(n.ttt) == self.ping_ttt {
-                self.ping_ttt = None;
-            }
-            return;
-        }
-        if !n.immediate && self.account_cmd_sn(n.cmd_sn) == CmdSnOrder::Drop {
-            return;
-        }
         // §11.19: echo the ping data, within the initiator's MaxRecvDataSegmentLength.
         let max = self.params.initiator_max_recv_data_segment_length as usize;
         let echo = &data[..data.len().min(max)];
@@ -1518,10 +1573,8 @@ impl<B: DataBuf> Connection<B> {
         self.queue(h, d, None);
     }
 
+    /// A Text Request whose turn has come.
     fn handle_text(&mut self, bhs: &Bhs, t: TextRequestPdu, data: &[u8]) {
-        if !t.immediate && self.account_cmd_sn(t.cmd_sn) == CmdSnOrder::Drop {
-            return;
-        }
         if t.ttt != RESERVED_TAG {
             // Continuation of our long response (§11.11.2).
             if let Some(o) = &self.text_out {

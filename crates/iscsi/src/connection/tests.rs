@@ -1418,3 +1418,235 @@ proptest! {
         }
     }
 }
+
+/// Clears the I bit: the request is ordered by its CmdSN (§4.2.2.1).
+fn non_immediate(mut b: Bhs) -> Bhs {
+    b.0[0] &= !0x40;
+    b
+}
+
+fn good_status() -> CommandResponse<Vec<u8>> {
+    CommandResponse {
+        status: 0,
+        sense: vec![],
+        data: None,
+        data_len: 0,
+        residual: Residual::None,
+    }
+}
+
+/// libiscsi's iSCSICmdSnTooHigh / iSCSICmdSnTooLow: a TEST UNIT READY with
+/// CmdSN = MaxCmdSN + 1, or ExpCmdSN - 1, is silently ignored (§4.2.2.1),
+/// the connection stays up, and the same command with CmdSN = ExpCmdSN runs.
+#[test]
+fn cmd_sn_outside_the_window_is_ignored_and_the_session_goes_on() {
+    let cfg = TargetConfig {
+        queue_depth: 8,
+        ..Default::default()
+    };
+    let mut h = login_normal(cfg, OP_KEYS);
+    // Move ExpCmdSN on so that "too low" is a real earlier CmdSN.
+    for itt in 1..=3 {
+        let sn = h.next_sn();
+        h.ok(scsi_bhs(itt, false, false, true, 0, sn, 0x00, false), &[]);
+        let _ = h.events();
+        h.c.complete_command(itt, good_status());
+    }
+    let r = h.recv();
+    let last = r.last().unwrap();
+    let (exp, max) = (last.bhs.u32_at(28), last.bhs.u32_at(32));
+    assert_eq!(exp, 4);
+    for bad in [
+        max.wrapping_add(1),
+        exp.wrapping_sub(1),
+        exp.wrapping_add(0x8000_0000),
+    ] {
+        h.ok(scsi_bhs(10, false, false, true, 0, bad, 0x00, false), &[]);
+        assert!(h.events().is_empty(), "CmdSN {bad} ignored");
+        assert!(h.recv().is_empty(), "no reply to CmdSN {bad}");
+        assert!(!h.c.is_closed());
+        // Non-SCSI requests outside the window are ignored the same way.
+        h.ok(non_immediate(nop_out_bhs(11, RESERVED_TAG, bad)), b"x");
+        assert!(h.recv().is_empty());
+    }
+    h.ok(scsi_bhs(10, false, false, true, 0, exp, 0x00, false), &[]);
+    assert_eq!(command_event(h.events().remove(0)).itt, 10);
+    h.c.complete_command(10, good_status());
+    let r = h.recv();
+    assert_eq!(r[0].op(), Opcode::SCSI_RESPONSE);
+    assert_eq!(r[0].bhs.u32_at(28), exp + 1, "ExpCmdSN advanced");
+    // An immediate command carries the current CmdSN and does not consume it.
+    h.ok(
+        scsi_bhs(12, false, false, true, 0, exp + 1, 0x00, true),
+        &[],
+    );
+    assert_eq!(command_event(h.events().remove(0)).itt, 12);
+    h.c.complete_command(12, good_status());
+    assert_eq!(h.recv()[0].bhs.u32_at(28), exp + 1);
+}
+
+/// Non-immediate NOP-Out, Text and Logout requests ahead of ExpCmdSN wait,
+/// like commands, until the gap before them is filled (§4.2.2.1).
+#[test]
+fn non_immediate_requests_run_in_cmd_sn_order() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    // ExpCmdSN = 1. A ping with CmdSN 2 and a SendTargets with CmdSN 3.
+    h.ok(non_immediate(nop_out_bhs(0x20, RESERVED_TAG, 2)), b"ping");
+    h.ok(
+        non_immediate(text_bhs(0x21, RESERVED_TAG, 3, true, false)),
+        b"SendTargets=All\0",
+    );
+    // A duplicate of CmdSN 2 is dropped.
+    h.ok(non_immediate(nop_out_bhs(0x22, RESERVED_TAG, 2)), b"dup");
+    assert!(h.recv().is_empty() && h.events().is_empty());
+    // CmdSN 1 fills the gap: the command, then the ping, then the text.
+    h.ok(scsi_bhs(0x1f, true, false, true, 512, 1, 0x28, false), &[]);
+    let ev = h.events();
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert!(matches!(&ev[0], Event::Command(c) if c.itt == 0x1f));
+    assert!(matches!(&ev[1], Event::SendTargets(SendTargetsScope::All)));
+    h.c.send_targets_response(&[("iqn.t".into(), vec!["127.0.0.1:3260,1".into()])]);
+    let r = h.recv();
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0].op(), Opcode::NOP_IN);
+    assert_eq!(r[0].bhs.itt(), 0x20);
+    assert_eq!(r[0].data, b"ping");
+    assert_eq!(r[1].op(), Opcode::TEXT_RESPONSE);
+    assert_eq!(r[1].bhs.u32_at(28), 4, "ExpCmdSN past all three");
+    // A Logout ahead of ExpCmdSN waits too.
+    h.ok(non_immediate(logout_bhs(0x30, 0, 5)), &[]);
+    assert!(h.recv().is_empty() && !h.c.is_closed());
+    h.ok(non_immediate(nop_out_bhs(0x31, RESERVED_TAG, 4)), &[]);
+    let r = h.recv();
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0].op(), Opcode::NOP_IN);
+    assert_eq!(r[1].op(), Opcode::LOGOUT_RESPONSE);
+    assert!(h.c.is_closed());
+}
+
+/// libiscsi's iSCSINop: NOP-Out pings with and without data are answered
+/// with a NOP-In echoing the data (§11.18, §11.19), StatSN advancing.
+#[test]
+fn nop_out_pings_are_echoed() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    h.ok(nop_out_bhs(0x40, RESERVED_TAG, 1), b"nopping\0");
+    h.ok(nop_out_bhs(0x41, RESERVED_TAG, 1), &[]);
+    // Non-immediate: consumes CmdSN 1.
+    h.ok(non_immediate(nop_out_bhs(0x42, RESERVED_TAG, 1)), b"abcde");
+    let r = h.recv();
+    assert_eq!(r.len(), 3);
+    for p in &r {
+        assert_eq!(p.op(), Opcode::NOP_IN);
+        assert_eq!(p.bhs.u32_at(20), RESERVED_TAG, "TTT reserved in an answer");
+        assert!(p.bhs.final_bit());
+    }
+    assert_eq!((r[0].bhs.itt(), &r[0].data[..]), (0x40, &b"nopping\0"[..]));
+    assert_eq!((r[1].bhs.itt(), r[1].data.len()), (0x41, 0));
+    assert_eq!((r[2].bhs.itt(), &r[2].data[..]), (0x42, &b"abcde"[..]));
+    assert_eq!(r[1].bhs.u32_at(24), r[0].bhs.u32_at(24) + 1, "StatSN");
+    assert_eq!(r[1].bhs.u32_at(28), 1, "immediate pings leave ExpCmdSN");
+    assert_eq!(r[2].bhs.u32_at(28), 2);
+}
+
+/// SendTargets=All inside a normal session (libiscsi's iSCSISendTargets):
+/// answered with one final Text Response, TTT reserved (§11.11).
+#[test]
+fn send_targets_in_a_normal_session() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    let sn = h.cmd_sn;
+    h.ok(
+        text_bhs(0x50, RESERVED_TAG, sn, true, false),
+        b"SendTargets=All\0",
+    );
+    match &h.events()[..] {
+        [Event::SendTargets(SendTargetsScope::All)] => {}
+        e => panic!("{e:?}"),
+    }
+    h.c.send_targets_response(&[
+        (
+            "iqn.2026-11.org.rtgt:a".into(),
+            vec!["127.0.0.1:3290,1".into(), "127.0.0.2:3290,1".into()],
+        ),
+        (
+            "iqn.2026-11.org.rtgt:b".into(),
+            vec!["127.0.0.1:3290,1".into()],
+        ),
+    ]);
+    let r = h.recv();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].op(), Opcode::TEXT_RESPONSE);
+    assert_eq!(r[0].bhs.itt(), 0x50);
+    assert_eq!(r[0].bhs.flags(), 0x80, "F, not C");
+    assert_eq!(r[0].bhs.u32_at(20), RESERVED_TAG);
+    let kv = r[0].text();
+    assert_eq!(kv.len(), 5);
+    assert_eq!(
+        kv[0],
+        ("TargetName".into(), "iqn.2026-11.org.rtgt:a".into())
+    );
+    assert_eq!(kv[2], ("TargetAddress".into(), "127.0.0.2:3290,1".into()));
+    // The session goes on.
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(0x51, true, false, true, 512, sn, 0x28, false), &[]);
+    assert_eq!(command_event(h.events().remove(0)).itt, 0x51);
+}
+
+/// Logout with I/O outstanding (§11.14): pending commands are terminated,
+/// every buffer comes back, the Logout Response goes out at once and a late
+/// completion sends nothing.
+#[test]
+fn logout_with_outstanding_io_terminates_tasks_and_returns_buffers() {
+    let keys = "HeaderDigest=None\0DataDigest=None\0InitialR2T=Yes\0ImmediateData=No\0";
+    let mut h = login_normal(TargetConfig::default(), keys);
+    // A write waiting for its R2T data (buffer held by the connection).
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(1, false, true, true, 4096, sn, 0x2a, false), &[]);
+    let ttt = h.recv()[0].bhs.u32_at(20);
+    h.ok(data_out_bhs(1, ttt, 0, 0, false), &[1u8; 1024]);
+    // A read delivered to the target and still running.
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(2, true, false, true, 8192, sn, 0x28, false), &[]);
+    assert_eq!(command_event(h.events().remove(0)).itt, 2);
+    // A write waiting for an earlier CmdSN (3 never arrives).
+    h.ok(scsi_bhs(3, false, true, true, 512, 4, 0x2a, false), &[]);
+    assert_eq!(h.recv()[0].op(), Opcode::R2T);
+    assert_eq!(h.c.outstanding_tasks(), 3);
+
+    h.ok(logout_bhs(0x60, 0, h.cmd_sn), &[]);
+    assert!(matches!(h.events()[..], [Event::Logout { reason: 0 }]));
+    assert_eq!(h.c.outstanding_tasks(), 0);
+    let mut freed: Vec<usize> = std::iter::from_fn(|| h.c.poll_free_buffer())
+        .map(|b| b.len())
+        .collect();
+    freed.sort();
+    assert_eq!(freed, vec![512, 4096], "both write buffers back");
+    let r = h.recv();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].op(), Opcode::LOGOUT_RESPONSE);
+    assert_eq!(r[0].bhs.0[2], 0);
+    assert!(h.c.is_closed());
+    // The running read completes later: its buffer comes back, nothing is sent.
+    h.c.complete_command(
+        2,
+        CommandResponse {
+            status: 0,
+            sense: vec![],
+            data: Some(vec![5u8; 8192]),
+            data_len: 8192,
+            residual: Residual::None,
+        },
+    );
+    assert!(!h.c.wants_write());
+    assert_eq!(h.c.poll_free_buffer().map(|b| b.len()), Some(8192));
+    // Data-Out arriving after the Logout is ignored.
+    assert!(h
+        .input(&frame(
+            &data_out_bhs(1, ttt, 1, 1024, true),
+            &[],
+            &[0u8; 512],
+            false,
+            false
+        ))
+        .is_ok());
+    assert!(h.c.poll_free_buffer().is_none());
+}
