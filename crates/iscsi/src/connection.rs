@@ -277,6 +277,17 @@ enum Waiting {
     Request(Box<(Bhs, Vec<u8>)>),
 }
 
+/// The values SendTargets takes (RFC 7143 Appendix C): `All`, nothing, or an
+/// iSCSI name, which starts with one of the type designators of §4.2.7.2.
+fn is_send_targets_value(v: &str) -> bool {
+    let name = |prefix: &str| {
+        v.len() > prefix.len()
+            && v.get(..prefix.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    };
+    v == "All" || v.is_empty() || name("iqn.") || name("eui.") || name("naa.")
+}
+
 /// Serial number arithmetic (RFC 1982), as required for CmdSN (§4.2.2.1).
 fn sn_lt(a: u32, b: u32) -> bool {
     a != b && (b.wrapping_sub(a) as i32) > 0
@@ -1612,6 +1623,16 @@ impl<B: DataBuf> Connection<B> {
             self.queue_reject(bhs, RejectReason::PROTOCOL_ERROR);
             return;
         };
+        if pairs
+            .iter()
+            .any(|kv| kv.key == "SendTargets" && !is_send_targets_value(&kv.value))
+        {
+            // A SendTargets value that is neither All, nothing, nor an iSCSI
+            // name (e.g. "Alle"): the request is malformed, so it is rejected
+            // whole and none of its keys takes effect (§11.17.1).
+            self.queue_reject(bhs, RejectReason::INVALID_PDU_FIELD);
+            return;
+        }
         let mut out = Vec::new();
         let mut scope = None;
         for kv in &pairs {

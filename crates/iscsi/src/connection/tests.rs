@@ -1650,3 +1650,67 @@ fn logout_with_outstanding_io_terminates_tasks_and_returns_buffers() {
         .is_ok());
     assert!(h.c.poll_free_buffer().is_none());
 }
+
+/// libiscsi's iSCSISendTargets.Invalid: a key that is not understood gets
+/// NotUnderstood (§6.2); a SendTargets value that is not All, nothing or an
+/// iSCSI name ("Alle", "A") gets the request rejected, with no effect; a
+/// valid request afterwards works.
+#[test]
+fn invalid_send_targets_requests() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    let sn = h.cmd_sn;
+    h.ok(
+        text_bhs(0x70, RESERVED_TAG, sn, true, false),
+        b"SendTargetsPlease=All\0",
+    );
+    let r = h.recv();
+    assert_eq!(r[0].op(), Opcode::TEXT_RESPONSE);
+    assert_eq!(
+        r[0].key("SendTargetsPlease").as_deref(),
+        Some("NotUnderstood")
+    );
+    for (itt, bad) in [
+        (0x71, &b"SendTargets=Alle\0"[..]),
+        (0x72, b"SendTargets=A\0"),
+        (0x73, b"MaxRecvDataSegmentLength=512\0SendTargets=iqn.\0"),
+    ] {
+        h.ok(text_bhs(itt, RESERVED_TAG, sn, true, false), bad);
+        let r = h.recv();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].op(), Opcode::REJECT);
+        assert_eq!(r[0].bhs.0[2], RejectReason::INVALID_PDU_FIELD.0);
+        assert_eq!(Bhs::from_prefix(&r[0].data).unwrap().itt(), itt);
+        assert!(h.events().is_empty());
+    }
+    assert_eq!(
+        h.c.session_params().initiator_max_recv_data_segment_length,
+        4096,
+        "a rejected request changes nothing"
+    );
+    h.ok(
+        text_bhs(0x74, RESERVED_TAG, sn, true, false),
+        b"sENDtARGETS=aLL\0",
+    );
+    assert_eq!(
+        h.recv()[0].key("sENDtARGETS").as_deref(),
+        Some("NotUnderstood")
+    );
+    h.ok(
+        text_bhs(0x75, RESERVED_TAG, sn, true, false),
+        b"SendTargets=IQN.2026-11.org.rtgt:x\0",
+    );
+    assert!(matches!(
+        &h.events()[..],
+        [Event::SendTargets(SendTargetsScope::Target(_))]
+    ));
+    h.c.send_targets_response(&[]);
+    h.ok(
+        text_bhs(0x76, RESERVED_TAG, sn, true, false),
+        b"SendTargets=All\0",
+    );
+    assert!(matches!(
+        &h.events()[..],
+        [Event::SendTargets(SendTargetsScope::All)]
+    ));
+    assert!(!h.c.is_closed());
+}
