@@ -151,6 +151,8 @@ struct Harness {
     dd: bool,
     cmd_sn: u32,
     max_alloc: usize,
+    /// Buffers handed to the connection by the alloc callback.
+    allocs: usize,
     alloc_ok: bool,
 }
 
@@ -164,21 +166,25 @@ impl Harness {
             dd: false,
             cmd_sn: 1,
             max_alloc: 0,
+            allocs: 0,
             alloc_ok: true,
         }
     }
 
     fn input(&mut self, bytes: &[u8]) -> Result<usize, ConnectionError> {
         let mut max = self.max_alloc;
+        let mut allocs = self.allocs;
         let ok = self.alloc_ok;
         let r = self.c.handle_input(bytes, self.now, &mut |n| {
             max = max.max(n);
             if ok {
+                allocs += 1;
                 Some(vec![0u8; n])
             } else {
                 None
             }
         });
+        self.allocs = allocs;
         self.max_alloc = max;
         r
     }
@@ -1713,4 +1719,80 @@ fn invalid_send_targets_requests() {
         [Event::SendTargets(SendTargetsScope::All)]
     ));
     assert!(!h.c.is_closed());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Writes with Data-Out PDUs of any TTT, DataSN, offset, length and F bit,
+    /// mixed with pings of any CmdSN and completions: no panic, the connection
+    /// never closes over Data-Out, and every buffer it was given comes back.
+    #[test]
+    fn data_out_sequences_never_panic_close_or_leak(
+        ops in proptest::collection::vec(
+            (0u8..5, any::<u32>(), any::<u32>(), 0u32..3, any::<bool>(), 0usize..3000),
+            1..60),
+    ) {
+        let keys = "HeaderDigest=None\0DataDigest=None\0InitialR2T=No\0ImmediateData=Yes\0MaxBurstLength=4096\0FirstBurstLength=2048\0MaxRecvDataSegmentLength=4096\0MaxOutstandingR2T=2\0";
+        let mut h = login_normal(TargetConfig::default(), keys);
+        let mut ttts: Vec<u32> = Vec::new();
+        let mut delivered: Vec<ScsiCommand<Vec<u8>>> = Vec::new();
+        for (kind, a, b, itt, fin, len) in ops {
+            let data = vec![0x5au8; len];
+            let r = match kind {
+                0 => {
+                    let edtl = a % 20_000;
+                    let imm = &data[..len.min(edtl as usize).min(2048)];
+                    let sn = h.cmd_sn.wrapping_add(b % 3);
+                    if sn == h.cmd_sn {
+                        h.cmd_sn += 1;
+                    }
+                    h.send(scsi_bhs(itt, false, true, fin, edtl, sn, 0x2a, false), &[], imm)
+                }
+                1 | 2 => {
+                    let ttt = if kind == 1 || ttts.is_empty() {
+                        RESERVED_TAG
+                    } else {
+                        ttts[a as usize % ttts.len()]
+                    };
+                    let offset = if b % 2 == 0 { (b % 20_000) & !511 } else { b };
+                    h.send(data_out_bhs(itt, ttt, a % 4, offset, fin), &[], &data)
+                }
+                3 => {
+                    let sn = h.cmd_sn.wrapping_add(a % 4).wrapping_sub(1);
+                    let bhs = nop_out_bhs(0x1000 + itt, RESERVED_TAG, sn);
+                    h.send(if fin { bhs } else { non_immediate(bhs) }, &[], &data[..len.min(64)])
+                }
+                _ => {
+                    if !delivered.is_empty() {
+                        let c = delivered.remove(a as usize % delivered.len());
+                        h.c.complete_command(c.itt, CommandResponse {
+                            status: 0, sense: vec![], data: c.data, data_len: 0, residual: Residual::None,
+                        });
+                    }
+                    Ok(0)
+                }
+            };
+            prop_assert!(r.is_ok(), "{r:?}");
+            prop_assert!(!h.c.is_closed());
+            for p in h.recv() {
+                if p.op() == Opcode::R2T {
+                    ttts.push(p.bhs.u32_at(20));
+                }
+            }
+            for e in h.events() {
+                if let Event::Command(c) = e {
+                    delivered.push(c);
+                }
+            }
+        }
+        for c in delivered {
+            h.c.complete_command(c.itt, CommandResponse {
+                status: 0, sense: vec![], data: c.data, data_len: 0, residual: Residual::None,
+            });
+        }
+        h.c.shutdown();
+        let returned = std::iter::from_fn(|| h.c.poll_free_buffer()).count();
+        prop_assert_eq!(returned, h.allocs);
+    }
 }
