@@ -1,6 +1,13 @@
 //! The connection state machine (RFC 7143): framing with limits and digests,
 //! the login phase, and full feature phase (CmdSN window, write data gathering
 //! with R2Ts, Data-In splitting, NOP keep-alive, Text, Logout, Task Management).
+//!
+//! Errors at ErrorRecoveryLevel 0, the only level offered: a request outside
+//! the CmdSN window is ignored (§4.2.2.1); a malformed request is rejected
+//! (§11.17); write data out of sequence or lost to a digest error fails its
+//! task with CHECK CONDITION (§7.8, §7.9); only what leaves the framing in
+//! doubt (header digest, oversize segment, PDUs invalid in the phase) closes
+//! the connection.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, Write};
@@ -106,6 +113,8 @@ pub enum Event<B> {
     /// Reply with `task_management_response`.
     TaskManagement(TaskManagement),
     /// The initiator logged out (the Logout Response is already queued).
+    /// Every pending task was terminated (RFC 7143 §11.14): a later
+    /// `complete_command` for one only hands its buffer back.
     Logout { reason: u8 },
 }
 
