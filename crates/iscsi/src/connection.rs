@@ -1,6 +1,13 @@
 //! The connection state machine (RFC 7143): framing with limits and digests,
 //! the login phase, and full feature phase (CmdSN window, write data gathering
 //! with R2Ts, Data-In splitting, NOP keep-alive, Text, Logout, Task Management).
+//!
+//! Errors at ErrorRecoveryLevel 0, the only level offered: a request outside
+//! the CmdSN window is ignored (§4.2.2.1); a malformed request is rejected
+//! (§11.17); write data out of sequence or lost to a digest error fails its
+//! task with CHECK CONDITION (§7.8, §7.9); only what leaves the framing in
+//! doubt (header digest, oversize segment, PDUs invalid in the phase) closes
+//! the connection.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, Write};
@@ -106,6 +113,8 @@ pub enum Event<B> {
     /// Reply with `task_management_response`.
     TaskManagement(TaskManagement),
     /// The initiator logged out (the Logout Response is already queued).
+    /// Every pending task was terminated (RFC 7143 §11.14): a later
+    /// `complete_command` for one only hands its buffer back.
     Logout { reason: u8 },
 }
 
@@ -208,6 +217,49 @@ struct Task<B> {
     r2t_next_offset: u32,
     r2t_sn: u32,
     r2ts: Vec<R2tState>,
+    /// Set when its write data went wrong: the task is answered with CHECK
+    /// CONDITION once its open sequences are closed, and never delivered.
+    failed: Option<DataError>,
+}
+
+/// SCSI status CHECK CONDITION (SAM-5 §5.3.1).
+const CHECK_CONDITION: u8 = 0x02;
+
+/// Why a write's data failed (RFC 7143 §7.8, §7.9), each an iSCSI condition
+/// reported as ABORTED COMMAND with the sense codes of §11.4.7.2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataError {
+    /// A Data-Out lost to a data digest error, or implied lost by a DataSN
+    /// out of order (§7.9): "Protocol Service CRC error", 47h/05h.
+    ProtocolServiceCrc,
+    /// Unsolicited data the target did not allow (InitialR2T=Yes, or past
+    /// the end of the unsolicited sequence): "Unexpected unsolicited data", 0Ch/0Ch.
+    UnexpectedUnsolicited,
+    /// Data at the wrong offset, beyond its sequence, or a sequence ended
+    /// short (DataPDUInOrder=Yes, §13.18): "Incorrect amount of data", 0Ch/0Dh.
+    IncorrectAmount,
+    /// A TTT that names no outstanding R2T: INVALID TARGET PORT TRANSFER
+    /// TAG RECEIVED, 4Bh/01h (SPC-4).
+    InvalidTtt,
+}
+
+impl DataError {
+    /// Fixed-format sense data (SPC-4 §4.5.3): ABORTED COMMAND and the ASC/ASCQ.
+    fn sense(self) -> [u8; 18] {
+        let (asc, ascq) = match self {
+            DataError::ProtocolServiceCrc => (0x47, 0x05),
+            DataError::UnexpectedUnsolicited => (0x0c, 0x0c),
+            DataError::IncorrectAmount => (0x0c, 0x0d),
+            DataError::InvalidTtt => (0x4b, 0x01),
+        };
+        let mut s = [0u8; 18];
+        s[0] = 0x70;
+        s[2] = 0x0b; // ABORTED COMMAND
+        s[7] = 10;
+        s[12] = asc;
+        s[13] = ascq;
+        s
+    }
 }
 
 /// Where a non-immediate request's CmdSN falls (§4.2.2.1).
@@ -219,6 +271,30 @@ enum CmdSnOrder {
     Ahead,
     /// Outside the window or a duplicate: silently dropped (§4.2.2.1).
     Drop,
+}
+
+/// What waits in the CmdSN window for ExpCmdSN to reach it (§4.2.2.1).
+#[derive(Debug)]
+enum Waiting {
+    /// The CmdSN is consumed and nothing is left to run (a rejected, aborted
+    /// or failed command).
+    Nothing,
+    /// A SCSI command (by ITT), delivered once in order.
+    Task(u32),
+    /// A non-immediate NOP-Out, Text, Task Management or Logout request
+    /// (header and data), run once in order.
+    Request(Box<(Bhs, Vec<u8>)>),
+}
+
+/// The values SendTargets takes (RFC 7143 Appendix C): `All`, nothing, or an
+/// iSCSI name, which starts with one of the type designators of §4.2.7.2.
+fn is_send_targets_value(v: &str) -> bool {
+    let name = |prefix: &str| {
+        v.len() > prefix.len()
+            && v.get(..prefix.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    };
+    v == "All" || v.is_empty() || name("iqn.") || name("eui.") || name("naa.")
 }
 
 /// Serial number arithmetic (RFC 1982), as required for CmdSN (§4.2.2.1).
@@ -259,7 +335,7 @@ pub struct Connection<B> {
     stat_sn: u32,
     exp_cmd_sn: u32,
     max_cmd_sn: u32,
-    ahead: HashMap<u32, Option<u32>>,
+    ahead: HashMap<u32, Waiting>,
     next_ttt: u32,
 
     tasks: HashMap<u32, Task<B>>,
@@ -455,6 +531,14 @@ impl<B: DataBuf> Connection<B> {
                 if digest_from(d) != crc32c_of(&[data, padding]) {
                     // §7.8 / §11.17.1: Reject with Data-Digest-Error and discard the PDU.
                     self.queue_reject(&bhs, RejectReason::DATA_DIGEST_ERROR);
+                    if self.phase == Phase::FullFeature
+                        && self.params.session_type == SessionType::Normal
+                    {
+                        if let InitiatorPdu::DataOut(d) = InitiatorPdu::decode(&bhs) {
+                            // A lost data PDU fails its task (§7.8 option b).
+                            self.handle_data_out(d, data, false);
+                        }
+                    }
                     continue;
                 }
             }
@@ -510,47 +594,49 @@ impl<B: DataBuf> Connection<B> {
                 Err(ConnectionError::DiscoverySession(bhs.opcode()))
             }
             InitiatorPdu::ScsiCommand(cmd) => self.handle_scsi_command(bhs, cmd, ahs, data, alloc),
-            InitiatorPdu::DataOut(d) => self.handle_data_out(bhs, d, data),
-            InitiatorPdu::NopOut(n) => {
-                self.handle_nop_out(n, data);
+            InitiatorPdu::DataOut(d) => {
+                self.handle_data_out(d, data, true);
                 Ok(())
             }
-            InitiatorPdu::TaskMgmt(t) => {
-                if !t.immediate && self.account_cmd_sn(t.cmd_sn) == CmdSnOrder::Drop {
+            InitiatorPdu::NopOut(n) if n.itt == RESERVED_TAG => {
+                // §11.18: an answer to our ping (or a ping needing no answer);
+                // its CmdSN is not advanced (the I bit is set).
+                if n.ttt != RESERVED_TAG && Some(n.ttt) == self.ping_ttt {
+                    self.ping_ttt = None;
+                }
+                Ok(())
+            }
+            InitiatorPdu::NopOut(NopOutPdu {
+                immediate, cmd_sn, ..
+            })
+            | InitiatorPdu::TaskMgmt(pdu::TaskMgmtPdu {
+                immediate, cmd_sn, ..
+            })
+            | InitiatorPdu::Text(TextRequestPdu {
+                immediate, cmd_sn, ..
+            })
+            | InitiatorPdu::Logout(pdu::LogoutRequestPdu {
+                immediate, cmd_sn, ..
+            }) => {
+                if immediate {
+                    // §4.2.2.1: immediate requests are not ordered and carry
+                    // the current CmdSN without consuming it.
+                    self.run_request(bhs, data);
                     return Ok(());
                 }
-                self.events.push_back(Event::TaskManagement(TaskManagement {
-                    itt: t.itt,
-                    function: t.function,
-                    lun: t.lun,
-                    referenced_itt: t.referenced_task_tag,
-                    ref_cmd_sn: t.ref_cmd_sn,
-                }));
-                Ok(())
-            }
-            InitiatorPdu::Text(t) => {
-                self.handle_text(bhs, t, data);
-                Ok(())
-            }
-            InitiatorPdu::Logout(l) => {
-                if !l.immediate && self.account_cmd_sn(l.cmd_sn) == CmdSnOrder::Drop {
-                    return Ok(());
+                match self.check_cmd_sn(cmd_sn) {
+                    // §4.2.2.1: outside the window or a duplicate: silently ignored.
+                    CmdSnOrder::Drop => {}
+                    // Held, with its data, until the gap before it is filled.
+                    CmdSnOrder::Ahead => {
+                        self.ahead
+                            .insert(cmd_sn, Waiting::Request(Box::new((*bhs, data.to_vec()))));
+                    }
+                    CmdSnOrder::InOrder => {
+                        self.run_request(bhs, data);
+                        self.drain_ahead();
+                    }
                 }
-                // §11.15.1: 0 success; 2 = connection recovery not supported (ERL 0).
-                let response = if l.reason_code == 2 { 2 } else { 0 };
-                let sn = self.sn_fields(true);
-                let h = pdu::encode_logout_response(
-                    l.itt,
-                    response,
-                    sn,
-                    self.params.default_time2wait.min(u16::MAX as u32) as u16,
-                    self.params.default_time2retain.min(u16::MAX as u32) as u16,
-                );
-                self.queue(h, OutData::None, None);
-                self.events.push_back(Event::Logout {
-                    reason: l.reason_code,
-                });
-                self.phase = Phase::Closing;
                 Ok(())
             }
             InitiatorPdu::Snack(_) => {
@@ -592,8 +678,10 @@ impl<B: DataBuf> Connection<B> {
         sn
     }
 
-    /// Window check and accounting of a non-immediate request's CmdSN (§4.2.2.1).
-    fn check_cmd_sn(&mut self, cmd_sn: u32, itt: Option<u32>) -> CmdSnOrder {
+    /// Window check and accounting of a non-immediate request's CmdSN
+    /// (§4.2.2.1). A request ahead of ExpCmdSN takes its place in `ahead`
+    /// (as `Waiting::Nothing` until the caller says what waits there).
+    fn check_cmd_sn(&mut self, cmd_sn: u32) -> CmdSnOrder {
         // Window size: MaxCmdSN - ExpCmdSN + 1; zero when MaxCmdSN = ExpCmdSN - 1
         // (window closed). A size beyond 2**31 cannot be a real window.
         let off = cmd_sn.wrapping_sub(self.exp_cmd_sn);
@@ -611,32 +699,82 @@ impl<B: DataBuf> Connection<B> {
             match self.ahead.entry(cmd_sn) {
                 std::collections::hash_map::Entry::Occupied(_) => CmdSnOrder::Drop,
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(itt);
+                    v.insert(Waiting::Nothing);
                     CmdSnOrder::Ahead
                 }
             }
         }
     }
 
-    /// Non-SCSI requests: account the CmdSN and release what waited on it.
-    fn account_cmd_sn(&mut self, cmd_sn: u32) -> CmdSnOrder {
-        let o = self.check_cmd_sn(cmd_sn, None);
-        self.drain_ahead();
-        o
-    }
-
     /// Requests held ahead of ExpCmdSN become in order once the gap is filled:
-    /// advance ExpCmdSN over them and deliver commands in CmdSN order (§4.2.2.1).
+    /// advance ExpCmdSN over them, deliver commands and run requests in CmdSN
+    /// order (§4.2.2.1).
     fn drain_ahead(&mut self) {
         while let Some(waiting) = self.ahead.remove(&self.exp_cmd_sn) {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-            if let Some(itt) = waiting {
-                if let Some(t) = self.tasks.get_mut(&itt) {
-                    t.ordered = true;
+            match waiting {
+                Waiting::Nothing => {}
+                Waiting::Task(itt) => {
+                    if let Some(t) = self.tasks.get_mut(&itt) {
+                        t.ordered = true;
+                    }
+                    self.try_deliver(itt);
                 }
-                self.try_deliver(itt);
+                Waiting::Request(p) => {
+                    if self.phase == Phase::FullFeature {
+                        self.run_request(&p.0, &p.1);
+                    }
+                }
             }
         }
+    }
+
+    /// Runs a NOP-Out, Text, Task Management or Logout request whose turn has
+    /// come (immediate, or in CmdSN order).
+    fn run_request(&mut self, bhs: &Bhs, data: &[u8]) {
+        match InitiatorPdu::decode(bhs) {
+            InitiatorPdu::NopOut(n) => self.handle_nop_out(n, data),
+            InitiatorPdu::Text(t) => self.handle_text(bhs, t, data),
+            InitiatorPdu::TaskMgmt(t) => {
+                self.events.push_back(Event::TaskManagement(TaskManagement {
+                    itt: t.itt,
+                    function: t.function,
+                    lun: t.lun,
+                    referenced_itt: t.referenced_task_tag,
+                    ref_cmd_sn: t.ref_cmd_sn,
+                }));
+            }
+            InitiatorPdu::Logout(l) => self.handle_logout(l.itt, l.reason_code),
+            _ => {}
+        }
+    }
+
+    /// Logout Request (§11.14): "the target MUST terminate all pending
+    /// commands, whether acknowledged via ExpCmdSN or not" (§11.14.1 for close
+    /// the session / connection; with one connection per session, all of
+    /// them). Tasks still gathering data are dropped here and their buffers
+    /// returned; a later `complete_command` for a task already delivered is
+    /// ignored and its buffer returned. The Logout Response follows at once.
+    fn handle_logout(&mut self, itt: u32, reason: u8) {
+        let pending: Vec<u32> = self.tasks.keys().copied().collect();
+        for t in pending {
+            self.abort_task(t);
+        }
+        self.pending_send_targets = None;
+        self.text_out = None;
+        // §11.15.1: 0 success; 2 = connection recovery not supported (ERL 0).
+        let response = if reason == 2 { 2 } else { 0 };
+        let sn = self.sn_fields(true);
+        let h = pdu::encode_logout_response(
+            itt,
+            response,
+            sn,
+            self.params.default_time2wait.min(u16::MAX as u32) as u16,
+            self.params.default_time2retain.min(u16::MAX as u32) as u16,
+        );
+        self.queue(h, OutData::None, None);
+        self.events.push_back(Event::Logout { reason });
+        self.phase = Phase::Closing;
     }
 
     fn alloc_ttt(&mut self) -> u32 {
@@ -986,7 +1124,7 @@ impl<B: DataBuf> Connection<B> {
         let order = if cmd.immediate {
             CmdSnOrder::InOrder
         } else {
-            self.check_cmd_sn(cmd.cmd_sn, None)
+            self.check_cmd_sn(cmd.cmd_sn)
         };
         if order == CmdSnOrder::Drop {
             // §4.2.2.1: outside the window: silently ignored.
@@ -1049,6 +1187,7 @@ impl<B: DataBuf> Connection<B> {
             r2t_next_offset: 0,
             r2t_sn: 0,
             r2ts: Vec::new(),
+            failed: None,
         };
         let mut need_r2t = false;
         if cmd.write && edtl > 0 {
@@ -1090,7 +1229,7 @@ impl<B: DataBuf> Connection<B> {
         let itt = cmd.itt;
         self.tasks.insert(itt, task);
         if order == CmdSnOrder::Ahead {
-            self.ahead.insert(cmd.cmd_sn, Some(itt));
+            self.ahead.insert(cmd.cmd_sn, Waiting::Task(itt));
         }
         if need_r2t {
             self.issue_r2ts(itt);
@@ -1159,65 +1298,101 @@ impl<B: DataBuf> Connection<B> {
         self.events.push_back(Event::Command(cmd));
     }
 
-    fn handle_data_out(
-        &mut self,
-        bhs: &Bhs,
-        d: DataOutPdu,
-        data: &[u8],
-    ) -> Result<(), ConnectionError> {
+    /// A Data-Out PDU (§11.7). `digest_ok` is false when its data digest
+    /// failed: the PDU was rejected and its data is not used, but its header
+    /// still closes the sequence it belongs to.
+    ///
+    /// Nothing here closes the connection: at ERL 0 a Data-Out that is out of
+    /// sequence or lost to a digest error fails its task (§7.8 option b, §7.9),
+    /// and the task's status goes out once every sequence it has open has been
+    /// closed with the F bit.
+    fn handle_data_out(&mut self, d: DataOutPdu, data: &[u8], digest_ok: bool) {
         let len = data.len() as u32;
         let Some(t) = self.tasks.get_mut(&d.itt) else {
-            // Aborted, completed or never buffered: discard (§11.7).
-            return Ok(());
+            // Aborted, completed or never instantiated: discard (§11.7).
+            return;
         };
-        if t.delivered || t.buffer.is_none() {
-            return Ok(());
+        if t.delivered || (t.buffer.is_none() && t.failed.is_none()) {
+            // Unbufferable write (delivered without data): discard.
+            return;
         }
-        let mut burst_done = false;
+        let end = u64::from(d.buffer_offset) + u64::from(len);
+        let mut error = if digest_ok {
+            None
+        } else {
+            // §7.8: a discarded data PDU fails the task (no recovery R2T at ERL 0).
+            Some(DataError::ProtocolServiceCrc)
+        };
+        let mut closes = false;
         if d.ttt == RESERVED_TAG {
             // Unsolicited data (§4.2.5.2): in order, within FirstBurstLength.
-            if !t.unsol_active
-                || d.data_sn != t.unsol_data_sn
-                || d.buffer_offset != t.unsol_next
-                || u64::from(d.buffer_offset) + u64::from(len) > u64::from(t.unsol_end)
-            {
-                self.queue_reject(bhs, RejectReason::PROTOCOL_ERROR);
-                return Err(ConnectionError::Protocol(
-                    "unsolicited Data-Out out of sequence",
-                ));
-            }
-            t.unsol_next += len;
-            t.unsol_data_sn = t.unsol_data_sn.wrapping_add(1);
-            if d.final_bit || t.unsol_next == t.unsol_end {
-                t.unsol_active = false;
-                t.r2t_next_offset = t.unsol_next;
-                burst_done = true;
+            if !t.unsol_active {
+                // InitialR2T=Yes, or after the unsolicited sequence ended.
+                error.get_or_insert(DataError::UnexpectedUnsolicited);
+            } else {
+                closes = d.final_bit || end >= u64::from(t.unsol_end);
+                if error.is_none() && t.failed.is_none() {
+                    if d.data_sn != t.unsol_data_sn {
+                        // §7.9: a DataSN gap means an earlier PDU was lost.
+                        error = Some(DataError::ProtocolServiceCrc);
+                    } else if d.buffer_offset != t.unsol_next || end > u64::from(t.unsol_end) {
+                        // DataPDUInOrder=Yes (§13.18): no gaps, no overlays.
+                        error = Some(DataError::IncorrectAmount);
+                    }
+                }
+                if closes {
+                    t.unsol_active = false;
+                }
             }
         } else {
-            // Solicited data (§11.7): TTT of an outstanding R2T, DataSN and
-            // offsets in order within the burst (DataPDUInOrder=Yes).
-            let Some(i) = t.r2ts.iter().position(|r| r.ttt == d.ttt) else {
-                self.queue_reject(bhs, RejectReason::INVALID_PDU_FIELD);
-                return Err(ConnectionError::Protocol(
-                    "Data-Out with unknown Target Transfer Tag",
-                ));
-            };
-            let r = &mut t.r2ts[i];
-            if d.data_sn != r.next_data_sn
-                || d.buffer_offset != r.offset + r.received
-                || r.received + len > r.len
-                || (d.final_bit && r.received + len != r.len)
-            {
-                self.queue_reject(bhs, RejectReason::PROTOCOL_ERROR);
-                return Err(ConnectionError::Protocol(
-                    "solicited Data-Out out of sequence",
-                ));
+            // Solicited data (§11.7): the TTT of an outstanding R2T, DataSN and
+            // offsets in order within its sequence (DataPDUInOrder=Yes).
+            match t.r2ts.iter().position(|r| r.ttt == d.ttt) {
+                None => {
+                    error.get_or_insert(DataError::InvalidTtt);
+                }
+                Some(i) => {
+                    let r = &t.r2ts[i];
+                    let r_end = u64::from(r.offset) + u64::from(r.len);
+                    closes = d.final_bit || end >= r_end;
+                    if error.is_none() && t.failed.is_none() {
+                        if d.data_sn != r.next_data_sn {
+                            error = Some(DataError::ProtocolServiceCrc);
+                        } else if u64::from(d.buffer_offset)
+                            != u64::from(r.offset) + u64::from(r.received)
+                            || end > r_end
+                            || (d.final_bit && end != r_end)
+                        {
+                            error = Some(DataError::IncorrectAmount);
+                        }
+                    }
+                    if closes {
+                        t.r2ts.swap_remove(i);
+                    }
+                }
             }
-            r.received += len;
-            r.next_data_sn = r.next_data_sn.wrapping_add(1);
-            if r.received == r.len {
-                t.r2ts.swap_remove(i);
-                burst_done = true;
+        }
+        if let Some(e) = error {
+            t.failed.get_or_insert(e);
+        }
+        if t.failed.is_some() {
+            // Nothing of a failed task is stored; no further R2T is sent.
+            if !t.unsol_active && t.r2ts.is_empty() {
+                self.fail_task(d.itt);
+            }
+            return;
+        }
+        // In sequence: account and store (all offsets were checked above).
+        if d.ttt == RESERVED_TAG {
+            t.unsol_next += len;
+            t.unsol_data_sn = t.unsol_data_sn.wrapping_add(1);
+            if closes {
+                t.r2t_next_offset = t.unsol_next;
+            }
+        } else if !closes {
+            if let Some(r) = t.r2ts.iter_mut().find(|r| r.ttt == d.ttt) {
+                r.received += len;
+                r.next_data_sn = r.next_data_sn.wrapping_add(1);
             }
         }
         let off = d.buffer_offset as usize;
@@ -1233,10 +1408,37 @@ impl<B: DataBuf> Connection<B> {
         if t.received >= t.edtl {
             t.data_complete = true;
             self.try_deliver(d.itt);
-        } else if burst_done {
+        } else if closes {
             self.issue_r2ts(d.itt);
         }
-        Ok(())
+    }
+
+    /// Ends a task whose write data failed: CHECK CONDITION with the iSCSI
+    /// condition's sense data (§11.4.7.2), its buffer back to the driver. The
+    /// command never reaches the target.
+    fn fail_task(&mut self, itt: u32) {
+        let Some(t) = self.tasks.get(&itt) else {
+            return;
+        };
+        let Some(e) = t.failed else {
+            return;
+        };
+        if !t.ordered {
+            // Keep the CmdSN accounted, but not linked to a forgotten task.
+            if let Some(v) = self.ahead.get_mut(&t.cmd_sn) {
+                *v = Waiting::Nothing;
+            }
+        }
+        self.complete_command(
+            itt,
+            CommandResponse {
+                status: CHECK_CONDITION,
+                sense: e.sense().to_vec(),
+                data: None,
+                data_len: 0,
+                residual: Residual::None,
+            },
+        );
     }
 
     /// The target's completion of a command: Data-In and/or SCSI Response.
@@ -1357,7 +1559,7 @@ impl<B: DataBuf> Connection<B> {
             if !t.ordered {
                 // Keep the CmdSN accounted, but not linked to a forgotten task.
                 if let Some(v) = self.ahead.get_mut(&t.cmd_sn) {
-                    *v = None;
+                    *v = Waiting::Nothing;
                 }
             }
         }
@@ -1376,17 +1578,8 @@ impl<B: DataBuf> Connection<B> {
 
     // ----- NOP, Text ---------------------------------------------------------
 
+    /// A NOP-Out ping (ITT not reserved) whose turn has come.
     fn handle_nop_out(&mut self, n: NopOutPdu, data: &[u8]) {
-        if n.itt == RESERVED_TAG {
-            // §11.18: an answer to our ping (or a ping needing no answer).
-            if n.ttt != RESERVED_TAG && Some(n.ttt) == self.ping_ttt {
-                self.ping_ttt = None;
-            }
-            return;
-        }
-        if !n.immediate && self.account_cmd_sn(n.cmd_sn) == CmdSnOrder::Drop {
-            return;
-        }
         // §11.19: echo the ping data, within the initiator's MaxRecvDataSegmentLength.
         let max = self.params.initiator_max_recv_data_segment_length as usize;
         let echo = &data[..data.len().min(max)];
@@ -1400,10 +1593,8 @@ impl<B: DataBuf> Connection<B> {
         self.queue(h, d, None);
     }
 
+    /// A Text Request whose turn has come.
     fn handle_text(&mut self, bhs: &Bhs, t: TextRequestPdu, data: &[u8]) {
-        if !t.immediate && self.account_cmd_sn(t.cmd_sn) == CmdSnOrder::Drop {
-            return;
-        }
         if t.ttt != RESERVED_TAG {
             // Continuation of our long response (§11.11.2).
             if let Some(o) = &self.text_out {
@@ -1441,6 +1632,16 @@ impl<B: DataBuf> Connection<B> {
             self.queue_reject(bhs, RejectReason::PROTOCOL_ERROR);
             return;
         };
+        if pairs
+            .iter()
+            .any(|kv| kv.key == "SendTargets" && !is_send_targets_value(&kv.value))
+        {
+            // A SendTargets value that is neither All, nothing, nor an iSCSI
+            // name (e.g. "Alle"): the request is malformed, so it is rejected
+            // whole and none of its keys takes effect (§11.17.1).
+            self.queue_reject(bhs, RejectReason::INVALID_PDU_FIELD);
+            return;
+        }
         let mut out = Vec::new();
         let mut scope = None;
         for kv in &pairs {

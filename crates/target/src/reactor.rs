@@ -900,6 +900,9 @@ impl Reactor {
         let mut conn = self.conns.remove(idx);
         self.load.fetch_sub(1, Ordering::Relaxed);
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        // Buffers of tasks still gathering data and of unsent Data-In go back
+        // to the pool rather than being dropped with the connection.
+        conn.proto.shutdown();
         while let Some(b) = conn.proto.poll_free_buffer() {
             self.pool.put(b);
         }

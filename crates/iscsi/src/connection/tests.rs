@@ -151,6 +151,8 @@ struct Harness {
     dd: bool,
     cmd_sn: u32,
     max_alloc: usize,
+    /// Buffers handed to the connection by the alloc callback.
+    allocs: usize,
     alloc_ok: bool,
 }
 
@@ -164,21 +166,25 @@ impl Harness {
             dd: false,
             cmd_sn: 1,
             max_alloc: 0,
+            allocs: 0,
             alloc_ok: true,
         }
     }
 
     fn input(&mut self, bytes: &[u8]) -> Result<usize, ConnectionError> {
         let mut max = self.max_alloc;
+        let mut allocs = self.allocs;
         let ok = self.alloc_ok;
         let r = self.c.handle_input(bytes, self.now, &mut |n| {
             max = max.max(n);
             if ok {
+                allocs += 1;
                 Some(vec![0u8; n])
             } else {
                 None
             }
         });
+        self.allocs = allocs;
         self.max_alloc = max;
         r
     }
@@ -555,11 +561,15 @@ fn data_digest_error_on_data_out_is_rejected() {
     assert_eq!(r[0].op(), Opcode::REJECT);
     assert_eq!(r[0].bhs.0[2], RejectReason::DATA_DIGEST_ERROR.0);
     assert_eq!(&r[0].data[..], &bytes[..BHS_LEN]);
+    // At ERL 0 there is no recovery R2T: the task ends with "protocol service
+    // CRC error" (§7.8 option b); the discarded PDU carried the F bit.
+    assert_eq!(r.len(), 2);
+    assert_aborted(&r[1], 1, 0x47, 0x05);
     assert!(h.events().is_empty());
-    // Resent correctly, the command completes.
+    // A resend is too late: discarded.
     h.ok(data_out_bhs(1, ttt, 0, 0, true), &[7u8; 512]);
-    let c = command_event(h.events().remove(0));
-    assert_eq!(c.data.unwrap(), vec![7u8; 512]);
+    assert!(h.events().is_empty() && h.recv().is_empty());
+    assert!(!h.c.is_closed());
 }
 
 #[test]
@@ -661,16 +671,189 @@ fn write_with_all_immediate_data_is_delivered_at_once() {
     assert!(h.recv().is_empty());
 }
 
-#[test]
-fn bad_data_out_sequence_rejects_and_closes() {
-    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+/// Checks a SCSI Response carrying CHECK CONDITION, ABORTED COMMAND and the
+/// given ASC/ASCQ (RFC 7143 §11.4.7.2), for `itt`.
+fn assert_aborted(r: &Rx, itt: u32, asc: u8, ascq: u8) {
+    assert_eq!(r.op(), Opcode::SCSI_RESPONSE, "{r:?}");
+    assert_eq!(r.bhs.itt(), itt);
+    assert_eq!(r.bhs.0[2], 0, "response: command completed at target");
+    assert_eq!(r.bhs.0[3], 2, "CHECK CONDITION");
+    assert_eq!(&r.data[..2], &[0, 18], "SenseLength");
+    assert_eq!(r.data[2] & 0x7f, 0x70);
+    assert_eq!(r.data[2 + 2], 0x0b, "ABORTED COMMAND");
+    assert_eq!((r.data[2 + 12], r.data[2 + 13]), (asc, ascq));
+}
+
+/// After a failed write the connection carries on: the next command runs.
+fn assert_still_serving(h: &mut Harness) {
+    assert!(!h.c.is_closed());
+    assert_eq!(h.c.outstanding_tasks(), 0, "failed task forgotten");
     let sn = h.next_sn();
-    h.ok(scsi_bhs(1, false, true, true, 1024, sn, 0x2a, false), &[]);
+    h.ok(scsi_bhs(0x99, true, false, true, 512, sn, 0x28, false), &[]);
+    assert_eq!(command_event(h.events().remove(0)).itt, 0x99);
+}
+
+/// libiscsi's iSCSIDataSnInvalid with ImmediateData off and InitialR2T=No:
+/// the unsolicited Data-Out PDUs of a WRITE carry a wrong DataSN. At ERL 0
+/// that implies a lost PDU (§7.9), so the task ends with CHECK CONDITION
+/// "protocol service CRC error" once the sequence is closed (§7.8 option b);
+/// the connection stays up and nothing is written.
+#[test]
+fn unsolicited_data_sn_errors_fail_the_task_not_the_connection() {
+    // (DataSN of each 512-byte PDU, write length)
+    let cases: [(&[u32], u32); 4] = [
+        (&[0, 0], 1024),    // repeated DataSN
+        (&[27], 512),       // DataSN 27
+        (&[u32::MAX], 512), // DataSN -1
+        (&[1, 0], 1024),    // reversed
+    ];
+    for (sns, edtl) in cases {
+        let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+        let sn = h.next_sn();
+        h.ok(scsi_bhs(5, false, true, false, edtl, sn, 0x2a, false), &[]);
+        assert!(h.recv().is_empty());
+        for (i, &dsn) in sns.iter().enumerate() {
+            let last = i + 1 == sns.len();
+            h.ok(
+                data_out_bhs(5, RESERVED_TAG, dsn, 512 * i as u32, last),
+                &[0xaa; 512],
+            );
+            if !last {
+                assert!(h.recv().is_empty(), "{sns:?}: status waits for the F bit");
+            }
+        }
+        let r = h.recv();
+        assert_eq!(r.len(), 1, "{sns:?}");
+        assert_aborted(&r[0], 5, 0x47, 0x05);
+        assert!(h.events().is_empty(), "{sns:?}: never delivered");
+        assert_eq!(h.c.poll_free_buffer().map(|b| b.len()), Some(edtl as usize));
+        assert_still_serving(&mut h);
+    }
+}
+
+#[test]
+fn solicited_data_sn_error_fails_after_the_sequence_and_stops_r2ts() {
+    let keys = "HeaderDigest=None\0DataDigest=None\0InitialR2T=Yes\0ImmediateData=No\0MaxBurstLength=1024\0MaxOutstandingR2T=1\0";
+    let mut h = login_normal(TargetConfig::default(), keys);
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(6, false, true, true, 4096, sn, 0x2a, false), &[]);
     let r = h.recv();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].op(), Opcode::R2T);
     let ttt = r[0].bhs.u32_at(20);
-    let e = h.send(data_out_bhs(1, ttt, 1, 0, true), &[], &[0u8; 1024]);
-    assert!(matches!(e, Err(ConnectionError::Protocol(_))));
-    assert_eq!(h.recv()[0].op(), Opcode::REJECT);
+    // First sequence fine.
+    h.ok(data_out_bhs(6, ttt, 0, 0, false), &[1u8; 512]);
+    h.ok(data_out_bhs(6, ttt, 1, 512, true), &[1u8; 512]);
+    let r = h.recv();
+    assert_eq!(r[0].op(), Opcode::R2T);
+    let ttt = r[0].bhs.u32_at(20);
+    assert_eq!(r[0].bhs.u32_at(40), 1024);
+    // Second sequence: DataSN 1 where 0 is expected.
+    h.ok(data_out_bhs(6, ttt, 1, 1024, false), &[2u8; 512]);
+    assert!(h.recv().is_empty(), "waits for the F bit of the open R2T");
+    h.ok(data_out_bhs(6, ttt, 2, 1536, true), &[2u8; 512]);
+    let r = h.recv();
+    assert_eq!(r.len(), 1, "no further R2T, just the status: {r:?}");
+    assert_aborted(&r[0], 6, 0x47, 0x05);
+    assert_eq!(r[0].bhs.u32_at(36), 2, "ExpDataSN = R2Ts sent");
+    assert!(h.events().is_empty());
+    // A late Data-Out of the ended task is discarded silently.
+    h.ok(data_out_bhs(6, ttt, 3, 2048, true), &[2u8; 512]);
+    assert!(h.recv().is_empty());
+    assert_still_serving(&mut h);
+}
+
+#[test]
+fn data_out_offset_and_length_errors_fail_the_task() {
+    // (TTT choice, DataSN, offset, length, F) of the bad PDU on a 2048-byte
+    // write with an R2T for 0..2048 (InitialR2T=Yes, MaxBurstLength 2048).
+    struct Case {
+        offset: u32,
+        len: usize,
+        fin: bool,
+        asc: (u8, u8),
+    }
+    let cases = [
+        // A gap: offset 512 where 0 is expected.
+        Case {
+            offset: 512,
+            len: 512,
+            fin: true,
+            asc: (0x0c, 0x0d),
+        },
+        // Beyond the R2T (and EDTL).
+        Case {
+            offset: 0,
+            len: 4096,
+            fin: true,
+            asc: (0x0c, 0x0d),
+        },
+        // Offset near 2^32: no overflow, no copy.
+        Case {
+            offset: u32::MAX - 100,
+            len: 512,
+            fin: true,
+            asc: (0x0c, 0x0d),
+        },
+        // F bit before the R2T's data is all there.
+        Case {
+            offset: 0,
+            len: 512,
+            fin: true,
+            asc: (0x0c, 0x0d),
+        },
+    ];
+    let keys = "HeaderDigest=None\0DataDigest=None\0InitialR2T=Yes\0ImmediateData=No\0MaxBurstLength=2048\0MaxRecvDataSegmentLength=8192\0";
+    let cfg = TargetConfig {
+        max_recv_data_segment_length: 8192,
+        ..Default::default()
+    };
+    for c in cases {
+        let mut h = login_normal(cfg.clone(), keys);
+        let sn = h.next_sn();
+        h.ok(scsi_bhs(7, false, true, true, 2048, sn, 0x2a, false), &[]);
+        let ttt = h.recv()[0].bhs.u32_at(20);
+        h.ok(data_out_bhs(7, ttt, 0, c.offset, c.fin), &vec![9u8; c.len]);
+        let r = h.recv();
+        assert_eq!(r.len(), 1, "offset {} len {}", c.offset, c.len);
+        assert_aborted(&r[0], 7, c.asc.0, c.asc.1);
+        assert!(h.events().is_empty());
+        let b = h.c.poll_free_buffer().unwrap();
+        assert!(
+            b.iter().all(|&x| x == 0),
+            "nothing stored for a failed task"
+        );
+        assert_still_serving(&mut h);
+    }
+}
+
+#[test]
+fn unknown_ttt_and_unexpected_unsolicited_data_fail_the_task() {
+    let keys = "HeaderDigest=None\0DataDigest=None\0InitialR2T=Yes\0ImmediateData=No\0";
+    // A TTT that names no R2T: the task fails once its R2T is closed.
+    let mut h = login_normal(TargetConfig::default(), keys);
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(8, false, true, true, 512, sn, 0x2a, false), &[]);
+    let ttt = h.recv()[0].bhs.u32_at(20);
+    h.ok(data_out_bhs(8, ttt ^ 0x5555, 0, 0, true), &[1u8; 512]);
+    assert!(h.recv().is_empty(), "the R2T is still open");
+    h.ok(data_out_bhs(8, ttt, 0, 0, true), &[1u8; 512]);
+    let r = h.recv();
+    assert_aborted(&r[0], 8, 0x4b, 0x01);
+    assert!(h.events().is_empty());
+    assert_still_serving(&mut h);
+
+    // Unsolicited data under InitialR2T=Yes.
+    let mut h = login_normal(TargetConfig::default(), keys);
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(9, false, true, true, 512, sn, 0x2a, false), &[]);
+    let ttt = h.recv()[0].bhs.u32_at(20);
+    h.ok(data_out_bhs(9, RESERVED_TAG, 0, 0, true), &[1u8; 512]);
+    assert!(h.recv().is_empty());
+    h.ok(data_out_bhs(9, ttt, 0, 0, true), &[1u8; 512]);
+    let r = h.recv();
+    assert_aborted(&r[0], 9, 0x0c, 0x0c);
+    assert_still_serving(&mut h);
 }
 
 #[test]
@@ -1239,5 +1422,377 @@ proptest! {
             let _ = h.raw_output();
             prop_assert!(h.max_alloc <= h.c.config.max_data_transfer as usize);
         }
+    }
+}
+
+/// Clears the I bit: the request is ordered by its CmdSN (§4.2.2.1).
+fn non_immediate(mut b: Bhs) -> Bhs {
+    b.0[0] &= !0x40;
+    b
+}
+
+fn good_status() -> CommandResponse<Vec<u8>> {
+    CommandResponse {
+        status: 0,
+        sense: vec![],
+        data: None,
+        data_len: 0,
+        residual: Residual::None,
+    }
+}
+
+/// libiscsi's iSCSICmdSnTooHigh / iSCSICmdSnTooLow: a TEST UNIT READY with
+/// CmdSN = MaxCmdSN + 1, or ExpCmdSN - 1, is silently ignored (§4.2.2.1),
+/// the connection stays up, and the same command with CmdSN = ExpCmdSN runs.
+#[test]
+fn cmd_sn_outside_the_window_is_ignored_and_the_session_goes_on() {
+    let cfg = TargetConfig {
+        queue_depth: 8,
+        ..Default::default()
+    };
+    let mut h = login_normal(cfg, OP_KEYS);
+    // Move ExpCmdSN on so that "too low" is a real earlier CmdSN.
+    for itt in 1..=3 {
+        let sn = h.next_sn();
+        h.ok(scsi_bhs(itt, false, false, true, 0, sn, 0x00, false), &[]);
+        let _ = h.events();
+        h.c.complete_command(itt, good_status());
+    }
+    let r = h.recv();
+    let last = r.last().unwrap();
+    let (exp, max) = (last.bhs.u32_at(28), last.bhs.u32_at(32));
+    assert_eq!(exp, 4);
+    for bad in [
+        max.wrapping_add(1),
+        exp.wrapping_sub(1),
+        exp.wrapping_add(0x8000_0000),
+    ] {
+        h.ok(scsi_bhs(10, false, false, true, 0, bad, 0x00, false), &[]);
+        assert!(h.events().is_empty(), "CmdSN {bad} ignored");
+        assert!(h.recv().is_empty(), "no reply to CmdSN {bad}");
+        assert!(!h.c.is_closed());
+        // Non-SCSI requests outside the window are ignored the same way.
+        h.ok(non_immediate(nop_out_bhs(11, RESERVED_TAG, bad)), b"x");
+        assert!(h.recv().is_empty());
+    }
+    h.ok(scsi_bhs(10, false, false, true, 0, exp, 0x00, false), &[]);
+    assert_eq!(command_event(h.events().remove(0)).itt, 10);
+    h.c.complete_command(10, good_status());
+    let r = h.recv();
+    assert_eq!(r[0].op(), Opcode::SCSI_RESPONSE);
+    assert_eq!(r[0].bhs.u32_at(28), exp + 1, "ExpCmdSN advanced");
+    // An immediate command carries the current CmdSN and does not consume it.
+    h.ok(
+        scsi_bhs(12, false, false, true, 0, exp + 1, 0x00, true),
+        &[],
+    );
+    assert_eq!(command_event(h.events().remove(0)).itt, 12);
+    h.c.complete_command(12, good_status());
+    assert_eq!(h.recv()[0].bhs.u32_at(28), exp + 1);
+}
+
+/// Non-immediate NOP-Out, Text and Logout requests ahead of ExpCmdSN wait,
+/// like commands, until the gap before them is filled (§4.2.2.1).
+#[test]
+fn non_immediate_requests_run_in_cmd_sn_order() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    // ExpCmdSN = 1. A ping with CmdSN 2 and a SendTargets with CmdSN 3.
+    h.ok(non_immediate(nop_out_bhs(0x20, RESERVED_TAG, 2)), b"ping");
+    h.ok(
+        non_immediate(text_bhs(0x21, RESERVED_TAG, 3, true, false)),
+        b"SendTargets=All\0",
+    );
+    // A duplicate of CmdSN 2 is dropped.
+    h.ok(non_immediate(nop_out_bhs(0x22, RESERVED_TAG, 2)), b"dup");
+    assert!(h.recv().is_empty() && h.events().is_empty());
+    // CmdSN 1 fills the gap: the command, then the ping, then the text.
+    h.ok(scsi_bhs(0x1f, true, false, true, 512, 1, 0x28, false), &[]);
+    let ev = h.events();
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert!(matches!(&ev[0], Event::Command(c) if c.itt == 0x1f));
+    assert!(matches!(&ev[1], Event::SendTargets(SendTargetsScope::All)));
+    h.c.send_targets_response(&[("iqn.t".into(), vec!["127.0.0.1:3260,1".into()])]);
+    let r = h.recv();
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0].op(), Opcode::NOP_IN);
+    assert_eq!(r[0].bhs.itt(), 0x20);
+    assert_eq!(r[0].data, b"ping");
+    assert_eq!(r[1].op(), Opcode::TEXT_RESPONSE);
+    assert_eq!(r[1].bhs.u32_at(28), 4, "ExpCmdSN past all three");
+    // A Logout ahead of ExpCmdSN waits too.
+    h.ok(non_immediate(logout_bhs(0x30, 0, 5)), &[]);
+    assert!(h.recv().is_empty() && !h.c.is_closed());
+    h.ok(non_immediate(nop_out_bhs(0x31, RESERVED_TAG, 4)), &[]);
+    let r = h.recv();
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0].op(), Opcode::NOP_IN);
+    assert_eq!(r[1].op(), Opcode::LOGOUT_RESPONSE);
+    assert!(h.c.is_closed());
+}
+
+/// libiscsi's iSCSINop: NOP-Out pings with and without data are answered
+/// with a NOP-In echoing the data (§11.18, §11.19), StatSN advancing.
+#[test]
+fn nop_out_pings_are_echoed() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    h.ok(nop_out_bhs(0x40, RESERVED_TAG, 1), b"nopping\0");
+    h.ok(nop_out_bhs(0x41, RESERVED_TAG, 1), &[]);
+    // Non-immediate: consumes CmdSN 1.
+    h.ok(non_immediate(nop_out_bhs(0x42, RESERVED_TAG, 1)), b"abcde");
+    let r = h.recv();
+    assert_eq!(r.len(), 3);
+    for p in &r {
+        assert_eq!(p.op(), Opcode::NOP_IN);
+        assert_eq!(p.bhs.u32_at(20), RESERVED_TAG, "TTT reserved in an answer");
+        assert!(p.bhs.final_bit());
+    }
+    assert_eq!((r[0].bhs.itt(), &r[0].data[..]), (0x40, &b"nopping\0"[..]));
+    assert_eq!((r[1].bhs.itt(), r[1].data.len()), (0x41, 0));
+    assert_eq!((r[2].bhs.itt(), &r[2].data[..]), (0x42, &b"abcde"[..]));
+    assert_eq!(r[1].bhs.u32_at(24), r[0].bhs.u32_at(24) + 1, "StatSN");
+    assert_eq!(r[1].bhs.u32_at(28), 1, "immediate pings leave ExpCmdSN");
+    assert_eq!(r[2].bhs.u32_at(28), 2);
+}
+
+/// SendTargets=All inside a normal session (libiscsi's iSCSISendTargets):
+/// answered with one final Text Response, TTT reserved (§11.11).
+#[test]
+fn send_targets_in_a_normal_session() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    let sn = h.cmd_sn;
+    h.ok(
+        text_bhs(0x50, RESERVED_TAG, sn, true, false),
+        b"SendTargets=All\0",
+    );
+    match &h.events()[..] {
+        [Event::SendTargets(SendTargetsScope::All)] => {}
+        e => panic!("{e:?}"),
+    }
+    h.c.send_targets_response(&[
+        (
+            "iqn.2026-11.org.rtgt:a".into(),
+            vec!["127.0.0.1:3290,1".into(), "127.0.0.2:3290,1".into()],
+        ),
+        (
+            "iqn.2026-11.org.rtgt:b".into(),
+            vec!["127.0.0.1:3290,1".into()],
+        ),
+    ]);
+    let r = h.recv();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].op(), Opcode::TEXT_RESPONSE);
+    assert_eq!(r[0].bhs.itt(), 0x50);
+    assert_eq!(r[0].bhs.flags(), 0x80, "F, not C");
+    assert_eq!(r[0].bhs.u32_at(20), RESERVED_TAG);
+    let kv = r[0].text();
+    assert_eq!(kv.len(), 5);
+    assert_eq!(
+        kv[0],
+        ("TargetName".into(), "iqn.2026-11.org.rtgt:a".into())
+    );
+    assert_eq!(kv[2], ("TargetAddress".into(), "127.0.0.2:3290,1".into()));
+    // The session goes on.
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(0x51, true, false, true, 512, sn, 0x28, false), &[]);
+    assert_eq!(command_event(h.events().remove(0)).itt, 0x51);
+}
+
+/// Logout with I/O outstanding (§11.14): pending commands are terminated,
+/// every buffer comes back, the Logout Response goes out at once and a late
+/// completion sends nothing.
+#[test]
+fn logout_with_outstanding_io_terminates_tasks_and_returns_buffers() {
+    let keys = "HeaderDigest=None\0DataDigest=None\0InitialR2T=Yes\0ImmediateData=No\0";
+    let mut h = login_normal(TargetConfig::default(), keys);
+    // A write waiting for its R2T data (buffer held by the connection).
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(1, false, true, true, 4096, sn, 0x2a, false), &[]);
+    let ttt = h.recv()[0].bhs.u32_at(20);
+    h.ok(data_out_bhs(1, ttt, 0, 0, false), &[1u8; 1024]);
+    // A read delivered to the target and still running.
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(2, true, false, true, 8192, sn, 0x28, false), &[]);
+    assert_eq!(command_event(h.events().remove(0)).itt, 2);
+    // A write waiting for an earlier CmdSN (3 never arrives).
+    h.ok(scsi_bhs(3, false, true, true, 512, 4, 0x2a, false), &[]);
+    assert_eq!(h.recv()[0].op(), Opcode::R2T);
+    assert_eq!(h.c.outstanding_tasks(), 3);
+
+    h.ok(logout_bhs(0x60, 0, h.cmd_sn), &[]);
+    assert!(matches!(h.events()[..], [Event::Logout { reason: 0 }]));
+    assert_eq!(h.c.outstanding_tasks(), 0);
+    let mut freed: Vec<usize> = std::iter::from_fn(|| h.c.poll_free_buffer())
+        .map(|b| b.len())
+        .collect();
+    freed.sort();
+    assert_eq!(freed, vec![512, 4096], "both write buffers back");
+    let r = h.recv();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].op(), Opcode::LOGOUT_RESPONSE);
+    assert_eq!(r[0].bhs.0[2], 0);
+    assert!(h.c.is_closed());
+    // The running read completes later: its buffer comes back, nothing is sent.
+    h.c.complete_command(
+        2,
+        CommandResponse {
+            status: 0,
+            sense: vec![],
+            data: Some(vec![5u8; 8192]),
+            data_len: 8192,
+            residual: Residual::None,
+        },
+    );
+    assert!(!h.c.wants_write());
+    assert_eq!(h.c.poll_free_buffer().map(|b| b.len()), Some(8192));
+    // Data-Out arriving after the Logout is ignored.
+    assert!(h
+        .input(&frame(
+            &data_out_bhs(1, ttt, 1, 1024, true),
+            &[],
+            &[0u8; 512],
+            false,
+            false
+        ))
+        .is_ok());
+    assert!(h.c.poll_free_buffer().is_none());
+}
+
+/// libiscsi's iSCSISendTargets.Invalid: a key that is not understood gets
+/// NotUnderstood (§6.2); a SendTargets value that is not All, nothing or an
+/// iSCSI name ("Alle", "A") gets the request rejected, with no effect; a
+/// valid request afterwards works.
+#[test]
+fn invalid_send_targets_requests() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    let sn = h.cmd_sn;
+    h.ok(
+        text_bhs(0x70, RESERVED_TAG, sn, true, false),
+        b"SendTargetsPlease=All\0",
+    );
+    let r = h.recv();
+    assert_eq!(r[0].op(), Opcode::TEXT_RESPONSE);
+    assert_eq!(
+        r[0].key("SendTargetsPlease").as_deref(),
+        Some("NotUnderstood")
+    );
+    for (itt, bad) in [
+        (0x71, &b"SendTargets=Alle\0"[..]),
+        (0x72, b"SendTargets=A\0"),
+        (0x73, b"MaxRecvDataSegmentLength=512\0SendTargets=iqn.\0"),
+    ] {
+        h.ok(text_bhs(itt, RESERVED_TAG, sn, true, false), bad);
+        let r = h.recv();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].op(), Opcode::REJECT);
+        assert_eq!(r[0].bhs.0[2], RejectReason::INVALID_PDU_FIELD.0);
+        assert_eq!(Bhs::from_prefix(&r[0].data).unwrap().itt(), itt);
+        assert!(h.events().is_empty());
+    }
+    assert_eq!(
+        h.c.session_params().initiator_max_recv_data_segment_length,
+        4096,
+        "a rejected request changes nothing"
+    );
+    h.ok(
+        text_bhs(0x74, RESERVED_TAG, sn, true, false),
+        b"sENDtARGETS=aLL\0",
+    );
+    assert_eq!(
+        h.recv()[0].key("sENDtARGETS").as_deref(),
+        Some("NotUnderstood")
+    );
+    h.ok(
+        text_bhs(0x75, RESERVED_TAG, sn, true, false),
+        b"SendTargets=IQN.2026-11.org.rtgt:x\0",
+    );
+    assert!(matches!(
+        &h.events()[..],
+        [Event::SendTargets(SendTargetsScope::Target(_))]
+    ));
+    h.c.send_targets_response(&[]);
+    h.ok(
+        text_bhs(0x76, RESERVED_TAG, sn, true, false),
+        b"SendTargets=All\0",
+    );
+    assert!(matches!(
+        &h.events()[..],
+        [Event::SendTargets(SendTargetsScope::All)]
+    ));
+    assert!(!h.c.is_closed());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Writes with Data-Out PDUs of any TTT, DataSN, offset, length and F bit,
+    /// mixed with pings of any CmdSN and completions: no panic, the connection
+    /// never closes over Data-Out, and every buffer it was given comes back.
+    #[test]
+    fn data_out_sequences_never_panic_close_or_leak(
+        ops in proptest::collection::vec(
+            (0u8..5, any::<u32>(), any::<u32>(), 0u32..3, any::<bool>(), 0usize..3000),
+            1..60),
+    ) {
+        let keys = "HeaderDigest=None\0DataDigest=None\0InitialR2T=No\0ImmediateData=Yes\0MaxBurstLength=4096\0FirstBurstLength=2048\0MaxRecvDataSegmentLength=4096\0MaxOutstandingR2T=2\0";
+        let mut h = login_normal(TargetConfig::default(), keys);
+        let mut ttts: Vec<u32> = Vec::new();
+        let mut delivered: Vec<ScsiCommand<Vec<u8>>> = Vec::new();
+        for (kind, a, b, itt, fin, len) in ops {
+            let data = vec![0x5au8; len];
+            let r = match kind {
+                0 => {
+                    let edtl = a % 20_000;
+                    let imm = &data[..len.min(edtl as usize).min(2048)];
+                    let sn = h.cmd_sn.wrapping_add(b % 3);
+                    if sn == h.cmd_sn {
+                        h.cmd_sn += 1;
+                    }
+                    h.send(scsi_bhs(itt, false, true, fin, edtl, sn, 0x2a, false), &[], imm)
+                }
+                1 | 2 => {
+                    let ttt = if kind == 1 || ttts.is_empty() {
+                        RESERVED_TAG
+                    } else {
+                        ttts[a as usize % ttts.len()]
+                    };
+                    let offset = if b % 2 == 0 { (b % 20_000) & !511 } else { b };
+                    h.send(data_out_bhs(itt, ttt, a % 4, offset, fin), &[], &data)
+                }
+                3 => {
+                    let sn = h.cmd_sn.wrapping_add(a % 4).wrapping_sub(1);
+                    let bhs = nop_out_bhs(0x1000 + itt, RESERVED_TAG, sn);
+                    h.send(if fin { bhs } else { non_immediate(bhs) }, &[], &data[..len.min(64)])
+                }
+                _ => {
+                    if !delivered.is_empty() {
+                        let c = delivered.remove(a as usize % delivered.len());
+                        h.c.complete_command(c.itt, CommandResponse {
+                            status: 0, sense: vec![], data: c.data, data_len: 0, residual: Residual::None,
+                        });
+                    }
+                    Ok(0)
+                }
+            };
+            prop_assert!(r.is_ok(), "{r:?}");
+            prop_assert!(!h.c.is_closed());
+            for p in h.recv() {
+                if p.op() == Opcode::R2T {
+                    ttts.push(p.bhs.u32_at(20));
+                }
+            }
+            for e in h.events() {
+                if let Event::Command(c) = e {
+                    delivered.push(c);
+                }
+            }
+        }
+        for c in delivered {
+            h.c.complete_command(c.itt, CommandResponse {
+                status: 0, sense: vec![], data: c.data, data_len: 0, residual: Residual::None,
+            });
+        }
+        h.c.shutdown();
+        let returned = std::iter::from_fn(|| h.c.poll_free_buffer()).count();
+        prop_assert_eq!(returned, h.allocs);
     }
 }
