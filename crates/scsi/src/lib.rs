@@ -11,6 +11,7 @@ pub mod cdb;
 pub mod lu;
 pub mod lun;
 mod out;
+pub mod pr;
 pub mod sbc;
 pub mod sense;
 pub mod spc;
