@@ -1676,3 +1676,1856 @@ impl<'a> Reader<'a> {
         Ok(be64(s, 0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const A: NexusId = NexusId(1);
+    const B: NexusId = NexusId(2);
+    const C: NexusId = NexusId(3);
+
+    const KA: u64 = 0xaaaa;
+    const KB: u64 = 0xbbbb;
+    const KC: u64 = 0xcccc;
+
+    const ALL_TYPES: [PrType; 6] = [
+        PrType::WriteExclusive,
+        PrType::ExclusiveAccess,
+        PrType::WriteExclusiveRegistrantsOnly,
+        PrType::ExclusiveAccessRegistrantsOnly,
+        PrType::WriteExclusiveAllRegistrants,
+        PrType::ExclusiveAccessAllRegistrants,
+    ];
+
+    const READ10: [u8; 10] = [0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0];
+    const WRITE10: [u8; 10] = [0x2a, 0, 0, 0, 0, 1, 0, 0, 1, 0];
+    const TUR: [u8; 6] = [0; 6];
+    const INQUIRY: [u8; 6] = [0x12, 0, 0, 0, 96, 0];
+    const MODE_SENSE6: [u8; 6] = [0x1a, 0, 0x3f, 0, 192, 0];
+    const READ_CAPACITY10: [u8; 10] = [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    const RESERVE6: [u8; 6] = [0x16, 0, 0, 0, 0, 0];
+    const RELEASE6: [u8; 6] = [0x17, 0, 0, 0, 0, 0];
+
+    fn ident(name: &str, isid_low: u8) -> NexusIdentity {
+        NexusIdentity {
+            initiator_name: name.to_string(),
+            isid: [0x40, 0, 0x01, 0x37, 0, isid_low],
+            relative_target_port: 1,
+        }
+    }
+
+    /// Three nexuses from three initiators.
+    fn lu() -> Reservations {
+        let mut r = Reservations::new();
+        r.add_nexus(A, ident("iqn.2024-01.test:a", 1));
+        r.add_nexus(B, ident("iqn.2024-01.test:b", 2));
+        r.add_nexus(C, ident("iqn.2024-01.test:c", 3));
+        r
+    }
+
+    fn prout_cdb(sa: u8, scope_type: u8, plen: u32) -> [u8; 10] {
+        let l = plen.to_be_bytes();
+        [0x5f, sa, scope_type, 0, 0, l[0], l[1], l[2], l[3], 0]
+    }
+
+    fn basic(key: u64, sa_key: u64, flags: u8) -> Vec<u8> {
+        let mut p = vec![0u8; 24];
+        p[0..8].copy_from_slice(&key.to_be_bytes());
+        p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+        p[20] = flags;
+        p
+    }
+
+    fn prout(
+        r: &mut Reservations,
+        n: NexusId,
+        sa: u8,
+        t: u8,
+        key: u64,
+        sa_key: u64,
+    ) -> Result<ProutEffects, ProutError> {
+        r.persistent_reserve_out(n, &prout_cdb(sa, t, 24), &basic(key, sa_key, 0))
+    }
+
+    fn register(r: &mut Reservations, n: NexusId, key: u64) -> ProutEffects {
+        prout(r, n, prout_sa::REGISTER_AND_IGNORE_EXISTING_KEY, 0, 0, key).unwrap()
+    }
+
+    fn unregister(r: &mut Reservations, n: NexusId, key: u64) -> ProutEffects {
+        prout(r, n, prout_sa::REGISTER, 0, key, 0).unwrap()
+    }
+
+    fn reserve(r: &mut Reservations, n: NexusId, key: u64, t: PrType) -> ProutEffects {
+        prout(r, n, prout_sa::RESERVE, t.code(), key, 0).unwrap()
+    }
+
+    fn release(r: &mut Reservations, n: NexusId, key: u64, t: PrType) -> ProutEffects {
+        prout(r, n, prout_sa::RELEASE, t.code(), key, 0).unwrap()
+    }
+
+    fn prin(r: &Reservations, sa: u8, alloc: u16) -> Vec<u8> {
+        let mut buf = vec![0u8; 4096];
+        let n = r.persistent_reserve_in(A, sa, alloc, &mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    fn read_keys(r: &Reservations) -> (u32, Vec<u64>) {
+        let b = prin(r, prin_sa::READ_KEYS, 4096);
+        assert_eq!(be32(&b, 4) as usize, b.len() - 8);
+        let keys = b[8..].chunks(8).map(|c| be64(c, 0)).collect();
+        (be32(&b, 0), keys)
+    }
+
+    /// (key, type) of the reservation, from READ RESERVATION.
+    fn read_reservation(r: &Reservations) -> Option<(u64, u8)> {
+        let b = prin(r, prin_sa::READ_RESERVATION, 4096);
+        match be32(&b, 4) {
+            0 => {
+                assert_eq!(b.len(), 8);
+                None
+            }
+            16 => {
+                assert_eq!(b.len(), 24);
+                assert_eq!(b[21] >> 4, 0, "LU_SCOPE");
+                Some((be64(&b, 8), b[21] & 0x0f))
+            }
+            l => panic!("additional length {l}"),
+        }
+    }
+
+    fn sense_of(e: ProutError) -> (SenseKey, Asc) {
+        match e {
+            ProutError::Sense(s) => (s.key, s.asc),
+            ProutError::Conflict => panic!("conflict, expected sense"),
+        }
+    }
+
+    fn field_pointer(e: &ProutError) -> (bool, u16) {
+        match e {
+            ProutError::Sense(s) => {
+                let fp = s.field_pointer.expect("field pointer");
+                (fp.in_cdb, fp.byte)
+            }
+            ProutError::Conflict => panic!("conflict"),
+        }
+    }
+
+    fn invalid_cdb_at(e: ProutError, byte: u16) {
+        assert_eq!(field_pointer(&e), (true, byte), "{e:?}");
+        assert_eq!(
+            sense_of(e),
+            (SenseKey::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB)
+        );
+    }
+
+    fn invalid_param(e: ProutError) {
+        assert_eq!(
+            sense_of(e),
+            (
+                SenseKey::ILLEGAL_REQUEST,
+                Asc::INVALID_FIELD_IN_PARAMETER_LIST
+            )
+        );
+    }
+
+    fn length_error(e: ProutError) {
+        assert_eq!(
+            sense_of(e),
+            (SenseKey::ILLEGAL_REQUEST, Asc::PARAMETER_LIST_LENGTH_ERROR)
+        );
+    }
+
+    fn uas(fx: &ProutEffects) -> Vec<(NexusId, Asc)> {
+        let mut v = fx.unit_attentions.clone();
+        v.sort_by_key(|(n, a)| (*n, a.0));
+        v
+    }
+
+    impl Reservations {
+        /// The invariants every operation keeps.
+        fn assert_invariants(&self) {
+            let holders = self.registrations.iter().filter(|r| r.holder).count();
+            match self.reservation {
+                Some(t) if !t.all_registrants() => assert_eq!(holders, 1),
+                Some(_) => {
+                    assert_eq!(holders, 0);
+                    assert!(!self.registrations.is_empty());
+                }
+                None => assert_eq!(holders, 0),
+            }
+            for (i, a) in self.registrations.iter().enumerate() {
+                assert_ne!(a.key, 0);
+                for b in &self.registrations[i + 1..] {
+                    assert!(!a.overlaps(b), "{a:?} overlaps {b:?}");
+                }
+            }
+            for n in self.nexuses.values() {
+                assert_eq!(
+                    n.reg,
+                    self.registrations.iter().position(|r| r.matches(&n.id))
+                );
+            }
+        }
+    }
+
+    // --- REGISTER, REGISTER AND IGNORE EXISTING KEY -------------------------------
+
+    /// libiscsi ProutRegisterSimple.
+    #[test]
+    fn register_simple() {
+        let mut r = lu();
+        register(&mut r, A, KA);
+        assert_eq!(read_keys(&r).1, vec![KA]);
+        assert!(r.is_registered(A));
+        // Re-registering with a wrong RESERVATION KEY conflicts.
+        assert_eq!(
+            prout(&mut r, A, prout_sa::REGISTER, 0, 0, KA + 1),
+            Err(ProutError::Conflict)
+        );
+        unregister(&mut r, A, KA);
+        assert_eq!(read_keys(&r).1, Vec::<u64>::new());
+        assert!(!r.is_registered(A));
+        r.assert_invariants();
+    }
+
+    /// SPC-4 §5.9 table "Register behaviors for a REGISTER service action".
+    #[test]
+    fn register_behaviors() {
+        let mut r = lu();
+        // Unregistered, RESERVATION KEY non-zero: conflict.
+        assert_eq!(
+            prout(&mut r, A, prout_sa::REGISTER, 0, 5, KA),
+            Err(ProutError::Conflict)
+        );
+        // Unregistered, both zero: GOOD, nothing changes (not even PRgeneration).
+        let fx = prout(&mut r, A, prout_sa::REGISTER, 0, 0, 0).unwrap();
+        assert_eq!(fx, ProutEffects::default());
+        assert_eq!(r.generation(), 0);
+        // Unregistered, key zero, new key: registered.
+        prout(&mut r, A, prout_sa::REGISTER, 0, 0, KA).unwrap();
+        assert_eq!(r.generation(), 1);
+        // Registered, right key: the key changes.
+        prout(&mut r, A, prout_sa::REGISTER, 0, KA, KB).unwrap();
+        assert_eq!(read_keys(&r), (2, vec![KB]));
+        // Registered, wrong key: conflict; REGISTER AND IGNORE EXISTING KEY ignores it.
+        assert_eq!(
+            prout(&mut r, A, prout_sa::REGISTER, 0, KA, KC),
+            Err(ProutError::Conflict)
+        );
+        prout(
+            &mut r,
+            A,
+            prout_sa::REGISTER_AND_IGNORE_EXISTING_KEY,
+            0,
+            12345,
+            KC,
+        )
+        .unwrap();
+        assert_eq!(read_keys(&r), (3, vec![KC]));
+        // REGISTER AND IGNORE EXISTING KEY with a zero key unregisters.
+        prout(
+            &mut r,
+            A,
+            prout_sa::REGISTER_AND_IGNORE_EXISTING_KEY,
+            0,
+            9,
+            0,
+        )
+        .unwrap();
+        assert_eq!(read_keys(&r), (4, vec![]));
+        // Unregistered, REGISTER AND IGNORE EXISTING KEY with zero: no change.
+        prout(
+            &mut r,
+            A,
+            prout_sa::REGISTER_AND_IGNORE_EXISTING_KEY,
+            0,
+            9,
+            0,
+        )
+        .unwrap();
+        assert_eq!(r.generation(), 4);
+        r.assert_invariants();
+    }
+
+    /// libiscsi ProutClearSimple and SPC-4 §6.15.2: RESERVE and RELEASE do not bump
+    /// PRgeneration; REGISTER, CLEAR, PREEMPT do, once each.
+    #[test]
+    fn generation_counting() {
+        let mut r = lu();
+        register(&mut r, A, KA);
+        register(&mut r, B, KB);
+        assert_eq!(r.generation(), 2);
+        reserve(&mut r, A, KA, PrType::ExclusiveAccess);
+        release(&mut r, A, KA, PrType::ExclusiveAccess);
+        assert_eq!(r.generation(), 2);
+        prout(
+            &mut r,
+            A,
+            prout_sa::PREEMPT,
+            PrType::ExclusiveAccess.code(),
+            KA,
+            KB,
+        )
+        .unwrap();
+        assert_eq!(r.generation(), 3);
+        reserve(&mut r, A, KA, PrType::ExclusiveAccess);
+        assert_eq!(read_reservation(&r), Some((KA, 3)));
+        prout(&mut r, A, prout_sa::CLEAR, 0, KA, 0).unwrap();
+        assert_eq!(read_reservation(&r), None);
+        assert_eq!(read_keys(&r), (4, vec![]));
+    }
+
+    #[test]
+    fn generation_wraps() {
+        let mut r = lu();
+        r.generation = u32::MAX;
+        register(&mut r, A, KA);
+        assert_eq!(r.generation(), 0);
+    }
+
+    // --- RESERVE and the access rules ----------------------------------------------
+
+    /// libiscsi ProutReserveAccess{EA,WE,EARO,WERO,EAAR,WEAR}: which of READ and WRITE
+    /// a registered and an unregistered non-holder may send.
+    #[test]
+    fn access_matrix_per_type() {
+        // (type, registered read, registered write, unregistered read, unregistered write)
+        let table = [
+            (PrType::ExclusiveAccess, false, false, false, false),
+            (PrType::WriteExclusive, true, false, true, false),
+            (
+                PrType::ExclusiveAccessRegistrantsOnly,
+                true,
+                true,
+                false,
+                false,
+            ),
+            (
+                PrType::WriteExclusiveRegistrantsOnly,
+                true,
+                true,
+                true,
+                false,
+            ),
+            (
+                PrType::ExclusiveAccessAllRegistrants,
+                true,
+                true,
+                false,
+                false,
+            ),
+            (
+                PrType::WriteExclusiveAllRegistrants,
+                true,
+                true,
+                true,
+                false,
+            ),
+        ];
+        for (t, reg_read, reg_write, unreg_read, unreg_write) in table {
+            let mut r = lu();
+            register(&mut r, A, KA);
+            register(&mut r, B, KB);
+            reserve(&mut r, A, KA, t);
+            let expect_key = if t.all_registrants() { 0 } else { KA };
+            assert_eq!(read_reservation(&r), Some((expect_key, t.code())), "{t:?}");
+            assert!(r.check(A, &READ10).is_ok(), "{t:?}");
+            assert!(r.check(A, &WRITE10).is_ok(), "{t:?}");
+            assert_eq!(r.check(B, &READ10).is_ok(), reg_read, "{t:?} reg read");
+            assert_eq!(r.check(B, &WRITE10).is_ok(), reg_write, "{t:?} reg write");
+            unregister(&mut r, B, KB);
+            assert_eq!(r.check(B, &READ10).is_ok(), unreg_read, "{t:?} unreg read");
+            assert_eq!(
+                r.check(B, &WRITE10).is_ok(),
+                unreg_write,
+                "{t:?} unreg write"
+            );
+            // Always allowed: TEST UNIT READY, INQUIRY, READ CAPACITY, REPORT LUNS,
+            // REQUEST SENSE, PERSISTENT RESERVE IN, READ CAPACITY(16).
+            let mut rc16 = [0u8; 16];
+            rc16[0] = 0x9e;
+            rc16[1] = 0x10;
+            for cdb in [
+                &TUR[..],
+                &INQUIRY[..],
+                &READ_CAPACITY10[..],
+                &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0][..],
+                &[0x03, 0, 0, 0, 18, 0][..],
+                &[0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0][..],
+                &rc16[..],
+            ] {
+                assert!(r.check(B, cdb).is_ok(), "{t:?} {cdb:02x?}");
+                assert!(r.check(NexusId(77), cdb).is_ok(), "{t:?} {cdb:02x?}");
+            }
+            // MODE SENSE reads: allowed through Write Exclusive types only.
+            assert_eq!(
+                r.check(B, &MODE_SENSE6).is_ok(),
+                t.write_exclusive(),
+                "{t:?}"
+            );
+            release(&mut r, A, KA, t);
+            unregister(&mut r, A, KA);
+            assert!(r.check(B, &WRITE10).is_ok());
+            r.assert_invariants();
+        }
+    }
+
+    /// libiscsi ProutReserveOwnership*: after the holder unregisters, an
+    /// all-registrants reservation stays (and another registrant may release it);
+    /// any other type is released, registrants-only with RESERVATIONS RELEASED.
+    #[test]
+    fn ownership_when_holder_unregisters() {
+        for t in ALL_TYPES {
+            let mut r = lu();
+            register(&mut r, A, KA);
+            register(&mut r, B, KB);
+            reserve(&mut r, A, KA, t);
+            let fx = unregister(&mut r, A, KA);
+            if t.all_registrants() {
+                assert_eq!(read_reservation(&r), Some((0, t.code())), "{t:?}");
+                assert!(fx.unit_attentions.is_empty());
+                assert!(r.is_holder(B));
+                release(&mut r, B, KB, t);
+            } else {
+                assert_eq!(read_reservation(&r), None, "{t:?}");
+                if t.registrants_only() {
+                    assert_eq!(uas(&fx), vec![(B, Asc::RESERVATIONS_RELEASED)], "{t:?}");
+                } else {
+                    assert!(fx.unit_attentions.is_empty(), "{t:?}");
+                }
+            }
+            assert_eq!(read_reservation(&r), None);
+            unregister(&mut r, B, KB);
+            r.assert_invariants();
+        }
+    }
+
+    #[test]
+    fn all_registrants_reservation_ends_with_last_registrant() {
+        let mut r = lu();
+        register(&mut r, A, KA);
+        reserve(&mut r, A, KA, PrType::ExclusiveAccessAllRegistrants);
+        register(&mut r, B, KB);
+        assert!(r.is_holder(B));
+        unregister(&mut r, A, KA);
+        assert_eq!(
+            r.reservation_type(),
+            Some(PrType::ExclusiveAccessAllRegistrants)
+        );
+        unregister(&mut r, B, KB);
+        assert_eq!(r.reservation_type(), None);
+        r.assert_invariants();
+    }
+
+    #[test]
+    fn reserve_rules() {
+        let mut r = lu();
+        register(&mut r, A, KA);
+        register(&mut r, B, KB);
+        // Unregistered or wrong key: conflict.
+        assert_eq!(
+            prout(&mut r, C, prout_sa::RESERVE, 1, 0, 0),
+            Err(ProutError::Conflict)
+        );
+        assert_eq!(
+            prout(&mut r, A, prout_sa::RESERVE, 1, KB, 0),
+            Err(ProutError::Conflict)
+        );
+        reserve(&mut r, A, KA, PrType::WriteExclusive);
+        // The holder again with the same type: GOOD, nothing changes.
+        assert_eq!(
+            reserve(&mut r, A, KA, PrType::WriteExclusive),
+            ProutEffects::default()
+        );
+        // The holder with another type, or another registrant: conflict.
+        assert_eq!(
+            prout(&mut r, A, prout_sa::RESERVE, 3, KA, 0),
+            Err(ProutError::Conflict)
+        );
+        assert_eq!(
+            prout(&mut r, B, prout_sa::RESERVE, 1, KB, 0),
+            Err(ProutError::Conflict)
+        );
+        assert_eq!(
+            r.check(B, &prout_cdb(prout_sa::RESERVE, 1, 24)),
+            Err(Conflict)
+        );
+        release(&mut r, A, KA, PrType::WriteExclusive);
+        // All registrants: any registrant is a holder, so RESERVE of the same type is
+        // GOOD for B too.
+        reserve(&mut r, A, KA, PrType::WriteExclusiveAllRegistrants);
+        reserve(&mut r, B, KB, PrType::WriteExclusiveAllRegistrants);
+        assert_eq!(
+            prout(&mut r, B, prout_sa::RESERVE, 8, KB, 0),
+            Err(ProutError::Conflict)
+        );
+        r.assert_invariants();
+    }
+
+    // --- RELEASE ----------------------------------------------------------------------
+
+    #[test]
+    fn release_rules() {
+        let mut r = lu();
+        register(&mut r, A, KA);
+        register(&mut r, B, KB);
+        register(&mut r, C, KC);
+        // No reservation: GOOD.
+        assert_eq!(
+            release(&mut r, A, KA, PrType::WriteExclusive),
+            ProutEffects::default()
+        );
+        reserve(&mut r, A, KA, PrType::ExclusiveAccessRegistrantsOnly);
+        // Wrong type from the holder: INVALID RELEASE OF PERSISTENT RESERVATION.
+        let e = prout(&mut r, A, prout_sa::RELEASE, 5, KA, 0).unwrap_err();
+        assert_eq!(
+            sense_of(e),
+            (
+                SenseKey::ILLEGAL_REQUEST,
+                Asc::INVALID_RELEASE_OF_PERSISTENT_RESERVATION
+            )
+        );
+        let e = prout(&mut r, A, prout_sa::RELEASE, 0, KA, 0).unwrap_err();
+        assert_eq!(
+            sense_of(e).1,
+            Asc::INVALID_RELEASE_OF_PERSISTENT_RESERVATION
+        );
+        // A registered non-holder: GOOD, the reservation stays.
+        release(&mut r, B, KB, PrType::ExclusiveAccessRegistrantsOnly);
+        assert!(r.is_holder(A));
+        // Wrong key or unregistered: conflict.
+        assert_eq!(
+            prout(&mut r, A, prout_sa::RELEASE, 6, KB, 0),
+            Err(ProutError::Conflict)
+        );
+        unregister(&mut r, C, KC);
+        assert_eq!(
+            prout(&mut r, C, prout_sa::RELEASE, 6, 0, 0),
+            Err(ProutError::Conflict)
+        );
+        assert_eq!(
+            r.check(C, &prout_cdb(prout_sa::RELEASE, 6, 24)),
+            Err(Conflict)
+        );
+        assert_eq!(r.check(B, &prout_cdb(prout_sa::RELEASE, 6, 24)), Ok(()));
+        // Scope other than LU_SCOPE.
+        let e = prout(&mut r, A, prout_sa::RELEASE, 0x16, KA, 0).unwrap_err();
+        invalid_cdb_at(e, 2);
+        // Registrants only: RESERVATIONS RELEASED to the other registrants.
+        let fx = release(&mut r, A, KA, PrType::ExclusiveAccessRegistrantsOnly);
+        assert_eq!(uas(&fx), vec![(B, Asc::RESERVATIONS_RELEASED)]);
+        assert_eq!(r.generation(), 4);
+        // Write Exclusive: no unit attention.
+        reserve(&mut r, A, KA, PrType::WriteExclusive);
+        let fx = release(&mut r, A, KA, PrType::WriteExclusive);
+        assert!(fx.unit_attentions.is_empty());
+        // All registrants: any registrant releases it for all.
+        register(&mut r, C, KC);
+        reserve(&mut r, A, KA, PrType::WriteExclusiveAllRegistrants);
+        let fx = release(&mut r, C, KC, PrType::WriteExclusiveAllRegistrants);
+        assert_eq!(
+            uas(&fx),
+            vec![
+                (A, Asc::RESERVATIONS_RELEASED),
+                (B, Asc::RESERVATIONS_RELEASED)
+            ]
+        );
+        assert_eq!(read_reservation(&r), None);
+        r.assert_invariants();
+    }
+
+    // --- CLEAR ------------------------------------------------------------------------
+
+    #[test]
+    fn clear_removes_everything_and_preempts_the_others() {
+        let mut r = lu();
+        register(&mut r, A, KA);
+        register(&mut r, B, KB);
+        register(&mut r, C, KC);
+        reserve(&mut r, A, KA, PrType::ExclusiveAccess);
+        // Unregistered nexus or wrong key: conflict.
+        r.add_nexus(NexusId(9), ident("iqn.2024-01.test:d", 9));
+        assert_eq!(
+            r.check(NexusId(9), &prout_cdb(prout_sa::CLEAR, 0, 24)),
+            Err(Conflict)
+        );
+        assert_eq!(
+            prout(&mut r, NexusId(9), prout_sa::CLEAR, 0, 0, 0),
+            Err(ProutError::Conflict)
+        );
+        assert_eq!(
+            prout(&mut r, B, prout_sa::CLEAR, 0, KA, 0),
+            Err(ProutError::Conflict)
+        );
+        // A registered non-holder may clear.
+        assert_eq!(r.check(B, &prout_cdb(prout_sa::CLEAR, 0, 24)), Ok(()));
+        let gen = r.generation();
+        let fx = prout(&mut r, B, prout_sa::CLEAR, 0, KB, 0).unwrap();
+        assert_eq!(
+            uas(&fx),
+            vec![
+                (A, Asc::RESERVATIONS_PREEMPTED),
+                (C, Asc::RESERVATIONS_PREEMPTED)
+            ]
+        );
+        assert_eq!(read_keys(&r), (gen + 1, vec![]));
+        assert_eq!(read_reservation(&r), None);
+        assert!(r.check(C, &WRITE10).is_ok());
+        r.assert_invariants();
+    }
+
+    // --- PREEMPT, PREEMPT AND ABORT ---------------------------------------------------
+
+    /// libiscsi ProutPreempt RemoveRegistration: no reservation, preempting a key
+    /// removes its registrations only.
+    #[test]
+    fn preempt_without_reservation_removes_registrations() {
+        let mut r = lu();
+        register(&mut r, A, KA);
+        register(&mut r, B, KB);
+        let gen = r.generation();
+        let fx = prout(
+            &mut r,
+            B,
+            prout_sa::PREEMPT,
+            PrType::ExclusiveAccess.code(),
+            KB,
+            KA,
+        )
+        .unwrap();
+        assert_eq!(uas(&fx), vec![(A, Asc::REGISTRATIONS_PREEMPTED)]);
+        assert!(fx.abort_nexuses.is_empty());
+        assert_eq!(read_keys(&r), (gen + 1, vec![KB]));
+        assert_eq!(read_reservation(&r), None);
+        r.assert_invariants();
+    }
+
+    #[test]
+    fn preempt_holder_takes_over() {
+        let mut r = lu();
+        register(&mut r, A, KA);
+        register(&mut r, B, KB);
+        register(&mut r, C, KC);
+        reserve(&mut r, A, KA, PrType::WriteExclusive);
+        // A registered non-holder may preempt.
+        assert_eq!(r.check(B, &prout_cdb(prout_sa::PREEMPT, 3, 24)), Ok(()));
+        let fx = prout(
+            &mut r,
+            B,
+            prout_sa::PREEMPT,
+            PrType::ExclusiveAccess.code(),
+            KB,
+            KA,
+        )
+        .unwrap();
+        // A lost its registration; C keeps its own but the type changed.
+        assert_eq!(
+            uas(&fx),
+            vec![
+                (A, Asc::REGISTRATIONS_PREEMPTED),
+                (C, Asc::RESERVATIONS_RELEASED)
+            ]
+        );
+        assert_eq!(read_reservation(&r), Some((KB, 3)));
+        assert!(r.is_holder(B));
+        assert_eq!(read_keys(&r).1, vec![KB, KC]);
+        assert_eq!(r.check(A, &READ10), Err(Conflict));
+        r.assert_invariants();
+    }
+
+    #[test]
+    fn preempt_and_abort_names_the_preempted_nexuses() {
+        let mut r = lu();
+        register(&mut r, A, KA);
+        register(&mut r, B, KB);
+        reserve(&mut r, A, KA, PrType::ExclusiveAccess);
+        // A second session of A's initiator port (same identity): both are preempted.
+        r.add_nexus(NexusId(11), ident("iqn.2024-01.test:a", 1));
+        let fx = prout(
+            &mut r,
+            B,
+            prout_sa::PREEMPT_AND_ABORT,
+            PrType::ExclusiveAccess.code(),
+            KB,
+            KA,
+        )
+        .unwrap();
+        assert_eq!(fx.abort_nexuses, vec![A, NexusId(11)]);
+        assert_eq!(
+            uas(&fx),
+            vec![
+                (A, Asc::REGISTRATIONS_PREEMPTED),
+                (NexusId(11), Asc::REGISTRATIONS_PREEMPTED)
+            ]
+        );
+        assert!(r.is_holder(B));
+        r.assert_invariants();
+    }
+
+    #[test]
+    fn preempt_own_key_changes_the_type() {
+        let mut r = lu();
+        register(&mut r, A, KA);
+        register(&mut r, B, KB);
+        register(&mut r, C, KA); // shares A's key
+        reserve(&mut r, A, KA, PrType::WriteExclusiveRegistrantsOnly);
+        let fx = prout(
+            &mut r,
+            A,
+            prout_sa::PREEMPT,
+            PrType::ExclusiveAccessRegistrantsOnly.code(),
+            KA,
+            KA,
+        )
+        .unwrap();
+        // C (same key) is preempted, A kept; B is told the reservation changed.
+        assert_eq!(
+            uas(&fx),
+            vec![
+                (B, Asc::RESERVATIONS_RELEASED),
+                (C, Asc::REGISTRATIONS_PREEMPTED)
+            ]
+        );
+        assert_eq!(read_reservation(&r), Some((KA, 6)));
+        assert!(r.is_registered(A) && !r.is_registered(C));
+        // Same type again: nothing to announce.
+        let fx = prout(&mut r, A, prout_sa::PREEMPT, 6, KA, KA).unwrap();
+        assert!(fx.unit_attentions.is_empty());
+        // With abort, the preempting nexus's own tasks are aborted too.
+        let fx = prout(&mut r, A, prout_sa::PREEMPT_AND_ABORT, 6, KA, KA).unwrap();
+        assert_eq!(fx.abort_nexuses, vec![A]);
+        r.assert_invariants();
+    }
+
+    #[test]
+    fn preempt_all_registrants() {
+        // Zero key: everyone else goes, the preempting nexus reserves.
+        let mut r = lu();
+        register(&mut r, A, KA);
+        register(&mut r, B, KB);
+        register(&mut r, C, KC);
+        reserve(&mut r, A, KA, PrType::WriteExclusiveAllRegistrants);
+        let fx = prout(
+            &mut r,
+            B,
+            prout_sa::PREEMPT,
+            PrType::ExclusiveAccess.code(),
+            KB,
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            uas(&fx),
+            vec![
+                (A, Asc::REGISTRATIONS_PREEMPTED),
+                (C, Asc::REGISTRATIONS_PREEMPTED)
+            ]
+        );
+        assert_eq!(read_keys(&r).1, vec![KB]);
+        assert_eq!(read_reservation(&r), Some((KB, 3)));
+        r.assert_invariants();
+
+        // Non-zero key: only those registrations go; the reservation stays.
+        let mut r = lu();
+        register(&mut r, A, KA);
+        register(&mut r, B, KB);
+        register(&mut r, C, KC);
+        reserve(&mut r, A, KA, PrType::ExclusiveAccessAllRegistrants);
+        let fx = prout(
+            &mut r,
+            B,
+            prout_sa::PREEMPT,
+            PrType::ExclusiveAccessAllRegistrants.code(),
+            KB,
+            KC,
+        )
+        .unwrap();
+        assert_eq!(uas(&fx), vec![(C, Asc::REGISTRATIONS_PREEMPTED)]);
+        assert_eq!(read_reservation(&r), Some((0, 8)));
+        assert_eq!(r.check(C, &READ10), Err(Conflict));
+        assert_eq!(r.check(A, &WRITE10), Ok(()));
+        r.assert_invariants();
+    }
+
+    #[test]
+    fn preempt_errors() {
+        let mut r = lu();
+        register(&mut r, A, KA);
+        register(&mut r, B, KB);
+        // No reservation and a zero key: INVALID FIELD IN PARAMETER LIST.
+        let e = prout(&mut r, A, prout_sa::PREEMPT, 1, KA, 0).unwrap_err();
+        assert_eq!(field_pointer(&e), (false, 8));
+        invalid_param(e);
+        // A key nobody has: conflict.
+        assert_eq!(
+            prout(&mut r, A, prout_sa::PREEMPT, 1, KA, 0x999),
+            Err(ProutError::Conflict)
+        );
+        // Unregistered or wrong key: conflict.
+        assert_eq!(
+            prout(&mut r, C, prout_sa::PREEMPT, 1, 0, KA),
+            Err(ProutError::Conflict)
+        );
+        assert_eq!(
+            prout(&mut r, A, prout_sa::PREEMPT, 1, KB, KB),
+            Err(ProutError::Conflict)
+        );
+        // Bad TYPE or SCOPE.
+        for t in [0u8, 2, 4, 9, 15] {
+            invalid_cdb_at(
+                prout(&mut r, A, prout_sa::PREEMPT, t, KA, KB).unwrap_err(),
+                2,
+            );
+        }
+        invalid_cdb_at(
+            prout(&mut r, A, prout_sa::PREEMPT_AND_ABORT, 0x21, KA, KB).unwrap_err(),
+            2,
+        );
+        // A reservation held by another key; zero key is invalid there too.
+        reserve(&mut r, A, KA, PrType::WriteExclusive);
+        invalid_param(prout(&mut r, B, prout_sa::PREEMPT, 1, KB, 0).unwrap_err());
+        // Unregistered nexuses may not preempt (check) either.
+        assert_eq!(
+            r.check(C, &prout_cdb(prout_sa::PREEMPT, 1, 24)),
+            Err(Conflict)
+        );
+        assert_eq!(r.generation(), 2);
+        r.assert_invariants();
+    }
+
+    // --- PERSISTENT RESERVE OUT CDB and parameter list checks ---------------------
+
+    #[test]
+    fn prout_cdb_and_length_checks() {
+        let mut r = lu();
+        // Invalid service actions.
+        for sa in 8..0x20u8 {
+            invalid_cdb_at(
+                r.persistent_reserve_out(A, &prout_cdb(sa, 0, 24), &basic(0, 1, 0))
+                    .unwrap_err(),
+                1,
+            );
+        }
+        // Short CDB.
+        invalid_cdb_at(
+            r.persistent_reserve_out(A, &[0x5f, 0, 0], &basic(0, 1, 0))
+                .unwrap_err(),
+            0,
+        );
+        // PARAMETER LIST LENGTH not 24.
+        for plen in [0u32, 8, 23, 25, 28, 100] {
+            let mut p = basic(0, KA, 0);
+            p.resize(plen as usize, 0);
+            length_error(
+                r.persistent_reserve_out(A, &prout_cdb(prout_sa::REGISTER, 0, plen), &p)
+                    .unwrap_err(),
+            );
+        }
+        // Data-out shorter than the parameter list length.
+        length_error(
+            r.persistent_reserve_out(A, &prout_cdb(prout_sa::REGISTER, 0, 24), &[0; 10])
+                .unwrap_err(),
+        );
+        // Longer data-out is cut to the parameter list length.
+        let mut p = basic(0, KA, 0);
+        p.extend_from_slice(&[0xff; 8]);
+        r.persistent_reserve_out(A, &prout_cdb(prout_sa::REGISTER, 0, 24), &p)
+            .unwrap();
+        // SPEC_I_PT with anything but REGISTER.
+        for sa in [
+            prout_sa::RESERVE,
+            prout_sa::RELEASE,
+            prout_sa::CLEAR,
+            prout_sa::PREEMPT,
+            prout_sa::REGISTER_AND_IGNORE_EXISTING_KEY,
+        ] {
+            let e = r
+                .persistent_reserve_out(A, &prout_cdb(sa, 1, 24), &basic(KA, KB, 0x08))
+                .unwrap_err();
+            assert_eq!(field_pointer(&e), (false, 20));
+            invalid_param(e);
+        }
+        // RESERVE with a bad scope or type.
+        invalid_cdb_at(
+            prout(&mut r, A, prout_sa::RESERVE, 0x11, KA, 0).unwrap_err(),
+            2,
+        );
+        invalid_cdb_at(
+            prout(&mut r, A, prout_sa::RESERVE, 0x02, KA, 0).unwrap_err(),
+            2,
+        );
+        // Scope and type are ignored by REGISTER and CLEAR.
+        prout(&mut r, A, prout_sa::REGISTER, 0xff, KA, KB).unwrap();
+        prout(&mut r, A, prout_sa::CLEAR, 0xff, KB, 0).unwrap();
+        r.assert_invariants();
+    }
+
+    #[test]
+    fn insufficient_registration_resources() {
+        let mut r = lu().with_max_registrations(2);
+        register(&mut r, A, KA);
+        register(&mut r, B, KB);
+        let e = prout(&mut r, C, prout_sa::REGISTER, 0, 0, KC).unwrap_err();
+        assert_eq!(
+            sense_of(e),
+            (
+                SenseKey::ILLEGAL_REQUEST,
+                Asc::INSUFFICIENT_REGISTRATION_RESOURCES
+            )
+        );
+        // Changing a key needs no new room.
+        prout(&mut r, A, prout_sa::REGISTER, 0, KA, KC).unwrap();
+        assert_eq!(read_keys(&r).1, vec![KC, KB]);
+    }
+
+    // --- SPEC_I_PT and TransportIDs -------------------------------------------------
+
+    fn spec_i_pt_param(key: u64, sa_key: u64, tids: &[Vec<u8>]) -> Vec<u8> {
+        let mut p = basic(key, sa_key, 0x08);
+        let data: Vec<u8> = tids.concat();
+        p.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        p.extend_from_slice(&data);
+        p
+    }
+
+    fn spec_i_pt(r: &mut Reservations, n: NexusId, p: &[u8]) -> Result<ProutEffects, ProutError> {
+        r.persistent_reserve_out(n, &prout_cdb(prout_sa::REGISTER, 0, p.len() as u32), p)
+    }
+
+    #[test]
+    fn spec_i_pt_registers_listed_ports() {
+        let mut r = lu();
+        let tids = [
+            TransportId::of_port(&ident("iqn.2024-01.test:b", 2)).encode(),
+            TransportId {
+                name: "iqn.2024-01.test:c".into(),
+                isid: None,
+            }
+            .encode(),
+            // The issuing port itself is skipped.
+            TransportId::of_port(&ident("iqn.2024-01.test:a", 1)).encode(),
+        ];
+        spec_i_pt(&mut r, A, &spec_i_pt_param(0, KA, &tids)).unwrap();
+        assert_eq!(read_keys(&r), (1, vec![KA, KA, KA]));
+        assert!(r.is_registered(A) && r.is_registered(B) && r.is_registered(C));
+        // The 00b registration covers every port of that initiator name.
+        r.add_nexus(NexusId(12), ident("iqn.2024-01.test:c", 0x7f));
+        assert!(r.is_registered(NexusId(12)));
+        // B's registration is its own: B may change its key.
+        prout(&mut r, B, prout_sa::REGISTER, 0, KA, KB).unwrap();
+        assert_eq!(read_keys(&r).1, vec![KA, KB, KA]);
+        // SPEC_I_PT from a registered nexus.
+        invalid_param(spec_i_pt(&mut r, A, &spec_i_pt_param(KA, KA, &[])).unwrap_err());
+        r.assert_invariants();
+    }
+
+    #[test]
+    fn spec_i_pt_errors() {
+        let mut r = lu();
+        let b = TransportId::of_port(&ident("iqn.2024-01.test:b", 2)).encode();
+        // Listed twice.
+        invalid_param(
+            spec_i_pt(&mut r, A, &spec_i_pt_param(0, KA, &[b.clone(), b.clone()])).unwrap_err(),
+        );
+        // Already registered.
+        register(&mut r, B, KB);
+        invalid_param(
+            spec_i_pt(&mut r, A, &spec_i_pt_param(0, KA, std::slice::from_ref(&b))).unwrap_err(),
+        );
+        // A 00b TransportID overlapping B's registration.
+        let b_dev = TransportId {
+            name: "iqn.2024-01.test:b".into(),
+            isid: None,
+        }
+        .encode();
+        invalid_param(spec_i_pt(&mut r, A, &spec_i_pt_param(0, KA, &[b_dev])).unwrap_err());
+        // Not iSCSI (Fibre Channel, 24 bytes).
+        let mut fc = vec![0u8; 24];
+        fc[0] = 0x00;
+        invalid_param(spec_i_pt(&mut r, A, &spec_i_pt_param(0, KA, &[fc])).unwrap_err());
+        // TRANSPORTID PARAMETER DATA LENGTH disagreeing with the parameter list.
+        let c = TransportId::of_port(&ident("iqn.2024-01.test:c", 3)).encode();
+        let mut p = spec_i_pt_param(0, KA, std::slice::from_ref(&c));
+        p[27] += 4;
+        length_error(spec_i_pt(&mut r, A, &p).unwrap_err());
+        // A TransportID running past the data.
+        let mut short = c.clone();
+        short[3] += 8;
+        length_error(spec_i_pt(&mut r, A, &spec_i_pt_param(0, KA, &[short])).unwrap_err());
+        // Parameter list of SPEC_I_PT shorter than 28 bytes.
+        let p = basic(0, KA, 0x08);
+        length_error(spec_i_pt(&mut r, A, &p).unwrap_err());
+        // Nothing was registered by the failures.
+        assert_eq!(read_keys(&r).1, vec![KB]);
+        // Resources: 1 + 2 new registrations on a limit of 3 with B registered.
+        let mut r2 = lu().with_max_registrations(3);
+        register(&mut r2, B, KB);
+        let d = TransportId::of_port(&ident("iqn.2024-01.test:d", 4)).encode();
+        let e = spec_i_pt(&mut r2, A, &spec_i_pt_param(0, KA, &[c, d])).unwrap_err();
+        assert_eq!(sense_of(e).1, Asc::INSUFFICIENT_REGISTRATION_RESOURCES);
+        r.assert_invariants();
+        r2.assert_invariants();
+    }
+
+    #[test]
+    fn transport_id_encoding() {
+        let port = TransportId::of_port(&ident("iqn.2024-01.test:a", 1));
+        let b = port.encode();
+        assert_eq!(b[0], 0x45); // FORMAT CODE 01b, iSCSI
+        assert_eq!(b.len() % 4, 0);
+        assert_eq!(usize::from(be16(&b, 2)), b.len() - 4);
+        let text = b"iqn.2024-01.test:a,i,0x400001370001\0";
+        assert_eq!(&b[4..4 + text.len()], text);
+        assert!(b[4 + text.len()..].iter().all(|&c| c == 0));
+        assert_eq!(TransportId::parse(&b), Ok((port.clone(), b.len())));
+        let dev = TransportId {
+            name: "iqn.x".into(),
+            isid: None,
+        };
+        let d = dev.encode();
+        assert_eq!(d, [0x05, 0, 0, 8, b'i', b'q', b'n', b'.', b'x', 0, 0, 0]);
+        assert_eq!(TransportId::parse(&d), Ok((dev, 12)));
+        // Trailing bytes after the TransportID are not its business.
+        let mut longer = b.clone();
+        longer.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(TransportId::parse(&longer).unwrap().1, b.len());
+        // Upper case separator and ISID, no terminator.
+        let mut up = vec![0x45, 0, 0, 24];
+        up.extend_from_slice(b"iqn.yyy,I,0X0A0B0C0D0E0F");
+        assert_eq!(up.len(), 4 + 24);
+        assert_eq!(
+            TransportId::parse(&up).unwrap().0,
+            TransportId {
+                name: "iqn.yyy".into(),
+                isid: Some([0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f])
+            }
+        );
+    }
+
+    #[test]
+    fn transport_id_errors() {
+        use TransportIdError as E;
+        assert_eq!(TransportId::parse(&[0x05, 0, 0]), Err(E::Truncated));
+        assert_eq!(
+            TransportId::parse(&[0x05, 0, 0, 8, b'a']),
+            Err(E::Truncated)
+        );
+        assert_eq!(
+            TransportId::parse(&[0x00, 0, 0, 4, b'a', 0, 0, 0]),
+            Err(E::UnsupportedProtocol(0))
+        );
+        assert_eq!(
+            TransportId::parse(&[0x85, 0, 0, 4, b'a', 0, 0, 0]),
+            Err(E::UnsupportedFormat(2))
+        );
+        assert_eq!(
+            TransportId::parse(&[0x05, 0, 0, 5, b'a', 0, 0, 0, 0]),
+            Err(E::BadLength(5))
+        );
+        assert_eq!(TransportId::parse(&[0x05, 0, 0, 0]), Err(E::BadLength(0)));
+        assert_eq!(
+            TransportId::parse(&[0x05, 0, 0, 4, 0, 0, 0, 0]),
+            Err(E::BadName)
+        );
+        assert_eq!(
+            TransportId::parse(&[0x05, 0, 0, 4, b'a', b' ', b'b', 0]),
+            Err(E::BadName)
+        );
+        assert_eq!(
+            TransportId::parse(&[0x05, 0, 0, 4, 0xc3, 0x28, 0, 0]),
+            Err(E::BadName)
+        );
+        let tid = |s: &[u8]| {
+            let mut v = vec![0x45, 0, 0, 0];
+            v.extend_from_slice(s);
+            v.push(0);
+            while v.len() % 4 != 0 {
+                v.push(0);
+            }
+            v[3] = (v.len() - 4) as u8;
+            TransportId::parse(&v)
+        };
+        assert_eq!(tid(b"iqn.a"), Err(E::BadIsid));
+        assert_eq!(tid(b"iqn.a,i,0x12345"), Err(E::BadIsid));
+        assert_eq!(tid(b"iqn.a,i,0x1234567890abcd"), Err(E::BadIsid));
+        assert_eq!(tid(b"iqn.a,i,0x12345678zz00"), Err(E::BadIsid));
+        assert_eq!(tid(b",i,0x123456789012"), Err(E::BadName));
+        assert!(tid(b"iqn.a,i,0x123456789012").is_ok());
+    }
+
+    // --- REGISTER AND MOVE ------------------------------------------------------------
+
+    fn move_param(key: u64, sa_key: u64, flags: u8, rtp: u16, tid: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 24];
+        p[0..8].copy_from_slice(&key.to_be_bytes());
+        p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+        p[17] = flags;
+        p[18..20].copy_from_slice(&rtp.to_be_bytes());
+        p[20..24].copy_from_slice(&(tid.len() as u32).to_be_bytes());
+        p.extend_from_slice(tid);
+        p
+    }
+
+    fn register_and_move(
+        r: &mut Reservations,
+        n: NexusId,
+        t: u8,
+        p: &[u8],
+    ) -> Result<ProutEffects, ProutError> {
+        r.persistent_reserve_out(
+            n,
+            &prout_cdb(prout_sa::REGISTER_AND_MOVE, t, p.len() as u32),
+            p,
+        )
+    }
+
+    #[test]
+    fn register_and_move_moves_the_reservation() {
+        let mut r = lu();
+        register(&mut r, A, KA);
+        reserve(&mut r, A, KA, PrType::ExclusiveAccess);
+        let b_tid = TransportId::of_port(&ident("iqn.2024-01.test:b", 2)).encode();
+        let gen = r.generation();
+        // The CDB's TYPE is ignored (same type as the released reservation).
+        let fx = register_and_move(&mut r, A, 1, &move_param(KA, KB, 0, 1, &b_tid)).unwrap();
+        assert!(fx.unit_attentions.is_empty());
+        assert_eq!(read_reservation(&r), Some((KB, 3)));
+        assert!(r.is_holder(B) && r.is_registered(A) && !r.is_holder(A));
+        assert_eq!(read_keys(&r), (gen + 1, vec![KA, KB]));
+        assert_eq!(r.check(A, &READ10), Err(Conflict));
+        // Back to A (already registered: its key becomes the new one), unregistering B.
+        let a_tid = TransportId::of_port(&ident("iqn.2024-01.test:a", 1)).encode();
+        register_and_move(&mut r, B, 3, &move_param(KB, KC, 0x02, 1, &a_tid)).unwrap();
+        assert_eq!(read_reservation(&r), Some((KC, 3)));
+        assert_eq!(read_keys(&r).1, vec![KC]);
+        assert!(!r.is_registered(B));
+        r.assert_invariants();
+    }
+
+    #[test]
+    fn register_and_move_errors() {
+        let mut r = lu();
+        register(&mut r, A, KA);
+        register(&mut r, C, KC);
+        let b_tid = TransportId::of_port(&ident("iqn.2024-01.test:b", 2)).encode();
+        let a_tid = TransportId::of_port(&ident("iqn.2024-01.test:a", 1)).encode();
+        // No reservation: INVALID FIELD IN CDB.
+        invalid_cdb_at(
+            register_and_move(&mut r, A, 3, &move_param(KA, KB, 0, 1, &b_tid)).unwrap_err(),
+            1,
+        );
+        reserve(&mut r, A, KA, PrType::ExclusiveAccess);
+        // Unregistered, wrong key, not the holder: conflict.
+        assert_eq!(
+            register_and_move(&mut r, B, 3, &move_param(0, KB, 0, 1, &a_tid)),
+            Err(ProutError::Conflict)
+        );
+        assert_eq!(
+            register_and_move(&mut r, A, 3, &move_param(KC, KB, 0, 1, &b_tid)),
+            Err(ProutError::Conflict)
+        );
+        assert_eq!(
+            register_and_move(&mut r, C, 3, &move_param(KC, KB, 0, 1, &b_tid)),
+            Err(ProutError::Conflict)
+        );
+        assert_eq!(
+            r.check(C, &prout_cdb(prout_sa::REGISTER_AND_MOVE, 3, 64)),
+            Err(Conflict)
+        );
+        // Zero SERVICE ACTION RESERVATION KEY.
+        invalid_param(
+            register_and_move(&mut r, A, 3, &move_param(KA, 0, 0, 1, &b_tid)).unwrap_err(),
+        );
+        // The TransportID names the issuing nexus.
+        invalid_param(
+            register_and_move(&mut r, A, 3, &move_param(KA, KB, 0, 1, &a_tid)).unwrap_err(),
+        );
+        // An unknown relative target port.
+        let e = register_and_move(&mut r, A, 3, &move_param(KA, KB, 0, 7, &b_tid)).unwrap_err();
+        assert_eq!(field_pointer(&e), (false, 18));
+        // TRANSPORTID PARAMETER DATA LENGTH not matching.
+        let mut p = move_param(KA, KB, 0, 1, &b_tid);
+        p[23] += 4;
+        length_error(register_and_move(&mut r, A, 3, &p).unwrap_err());
+        let mut p = move_param(KA, KB, 0, 1, &b_tid);
+        p.extend_from_slice(&[0; 4]);
+        p[23] += 4;
+        length_error(register_and_move(&mut r, A, 3, &p).unwrap_err());
+        // Parameter list shorter than its header.
+        length_error(register_and_move(&mut r, A, 3, &[0; 20]).unwrap_err());
+        // A TransportID that is not iSCSI.
+        invalid_param(
+            register_and_move(&mut r, A, 3, &move_param(KA, KB, 0, 1, &[0u8; 24])).unwrap_err(),
+        );
+        // Invalid TYPE or SCOPE in the CDB.
+        invalid_cdb_at(
+            register_and_move(&mut r, A, 0x13, &move_param(KA, KB, 0, 1, &b_tid)).unwrap_err(),
+            2,
+        );
+        invalid_cdb_at(
+            register_and_move(&mut r, A, 0x02, &move_param(KA, KB, 0, 1, &b_tid)).unwrap_err(),
+            2,
+        );
+        // All-registrants reservations cannot move.
+        release(&mut r, A, KA, PrType::ExclusiveAccess);
+        reserve(&mut r, A, KA, PrType::WriteExclusiveAllRegistrants);
+        assert_eq!(
+            register_and_move(&mut r, A, 7, &move_param(KA, KB, 0, 1, &b_tid)),
+            Err(ProutError::Conflict)
+        );
+        assert!(!r.is_registered(B));
+        r.assert_invariants();
+    }
+
+    // --- PERSISTENT RESERVE IN ---------------------------------------------------------
+
+    /// libiscsi PrinReadKeys Truncate: ADDITIONAL LENGTH is not cut by the allocation
+    /// length, the key list is.
+    #[test]
+    fn read_keys_truncated() {
+        let mut r = lu();
+        register(&mut r, A, KA);
+        register(&mut r, B, KB);
+        let mut buf = [0xeeu8; 64];
+        let n = r
+            .persistent_reserve_in(A, prin_sa::READ_KEYS, 8, &mut buf)
+            .unwrap();
+        assert_eq!(n, 8);
+        assert_eq!(&buf[..8], &[0, 0, 0, 2, 0, 0, 0, 16]);
+        assert_eq!(buf[8], 0xee);
+        let n = r
+            .persistent_reserve_in(A, prin_sa::READ_KEYS, 12, &mut buf)
+            .unwrap();
+        assert_eq!(n, 12);
+        assert_eq!(&buf[8..12], &KA.to_be_bytes()[..4]);
+        // The caller's buffer is shorter than the allocation length.
+        let mut small = [0u8; 10];
+        let n = r
+            .persistent_reserve_in(A, prin_sa::READ_KEYS, 100, &mut small)
+            .unwrap();
+        assert_eq!(n, 24);
+        assert_eq!(&small[8..10], &KA.to_be_bytes()[..2]);
+        assert_eq!(
+            r.persistent_reserve_in(A, prin_sa::READ_KEYS, 0, &mut buf),
+            Ok(0)
+        );
+    }
+
+    /// libiscsi PrinReportCapabilities.
+    #[test]
+    fn report_capabilities() {
+        let r = lu();
+        let b = prin(&r, prin_sa::REPORT_CAPABILITIES, 100);
+        assert_eq!(b, [0, 8, 0x1d, 0xb0, 0xea, 0x01, 0, 0]);
+        let allow_commands = (b[3] >> 4) & 0x07;
+        assert!(allow_commands <= 5);
+        // Every advertised type can be reserved and released.
+        let mut r = lu();
+        register(&mut r, A, KA);
+        for t in ALL_TYPES {
+            let bit = match t.code() {
+                8 => b[5] & 0x01,
+                c => b[4] & (1 << c),
+            };
+            assert_ne!(bit, 0, "{t:?}");
+            reserve(&mut r, A, KA, t);
+            release(&mut r, A, KA, t);
+        }
+    }
+
+    /// libiscsi PrinServiceactionRange.
+    #[test]
+    fn prin_service_action_range() {
+        let r = lu();
+        let mut buf = [0u8; 64];
+        for sa in 0..4 {
+            assert!(r.persistent_reserve_in(A, sa, 64, &mut buf).is_ok());
+        }
+        for sa in 4..=0xff {
+            let e = r.persistent_reserve_in(A, sa, 64, &mut buf).unwrap_err();
+            assert_eq!(e, Sense::invalid_field_in_cdb(1, Some(4)));
+        }
+        assert_eq!(
+            decode_prin(&[0x5e, 0xe3, 0, 0, 0, 0, 0, 0x12, 0x34, 0]),
+            Ok((3, 0x1234))
+        );
+        assert!(decode_prin(&[0x5e, 0]).is_err());
+    }
+
+    #[test]
+    fn read_full_status() {
+        let mut r = lu();
+        register(&mut r, A, KA);
+        register(&mut r, B, KB);
+        reserve(&mut r, A, KA, PrType::ExclusiveAccessRegistrantsOnly);
+        let b = prin(&r, prin_sa::READ_FULL_STATUS, 4096);
+        assert_eq!(be32(&b, 0), 2);
+        assert_eq!(be32(&b, 4) as usize, b.len() - 8);
+        let d = &b[8..];
+        assert_eq!(be64(d, 0), KA);
+        assert_eq!(d[12], 0x01); // R_HOLDER
+        assert_eq!(d[13], 0x06); // LU_SCOPE, EA-RO
+        assert_eq!(be16(d, 18), 1);
+        let tid_len = be32(d, 20) as usize;
+        assert_eq!(tid_len % 4, 0);
+        assert_eq!(
+            TransportId::parse(&d[24..24 + tid_len]).unwrap(),
+            (
+                TransportId::of_port(&ident("iqn.2024-01.test:a", 1)),
+                tid_len
+            )
+        );
+        let d = &d[24 + tid_len..];
+        assert_eq!(be64(d, 0), KB);
+        assert_eq!((d[12], d[13]), (0, 0));
+        let tid_len = be32(d, 20) as usize;
+        assert_eq!(d.len(), 24 + tid_len);
+        assert_eq!(
+            TransportId::parse(&d[24..]).unwrap().0.name,
+            "iqn.2024-01.test:b"
+        );
+        // All registrants: every descriptor is a holder.
+        release(&mut r, A, KA, PrType::ExclusiveAccessRegistrantsOnly);
+        reserve(&mut r, B, KB, PrType::WriteExclusiveAllRegistrants);
+        let b = prin(&r, prin_sa::READ_FULL_STATUS, 4096);
+        let d = &b[8..];
+        assert_eq!((d[12], d[13]), (1, 7));
+        let next = &d[24 + be32(d, 20) as usize..];
+        assert_eq!((next[12], next[13]), (1, 7));
+        // Truncated: header only, ADDITIONAL LENGTH intact.
+        let t = prin(&r, prin_sa::READ_FULL_STATUS, 8);
+        assert_eq!(t, b[..8]);
+    }
+
+    // --- APTPL -----------------------------------------------------------------------
+
+    #[test]
+    fn aptpl_round_trip() {
+        let mut r = lu();
+        assert_eq!(r.aptpl_state(), None);
+        let fx = r
+            .persistent_reserve_out(
+                A,
+                &prout_cdb(prout_sa::REGISTER, 0, 24),
+                &basic(0, KA, 0x01),
+            )
+            .unwrap();
+        assert!(fx.persist);
+        assert_eq!(prin(&r, prin_sa::REPORT_CAPABILITIES, 8)[3] & 0x01, 1);
+        // Registered via SPEC_I_PT as a whole device, with ALL_TG_PT.
+        let c_dev = TransportId {
+            name: "iqn.2024-01.test:c".into(),
+            isid: None,
+        }
+        .encode();
+        let mut p = spec_i_pt_param(0, KB, &[c_dev]);
+        p[20] |= 0x04 | 0x01;
+        let fx = spec_i_pt(&mut r, B, &p).unwrap();
+        assert!(fx.persist);
+        let fx = reserve(&mut r, A, KA, PrType::WriteExclusiveRegistrantsOnly);
+        assert!(
+            fx.persist,
+            "a reservation change is saved while APTPL is on"
+        );
+        let saved = r.aptpl_state().expect("APTPL active");
+
+        // tgtd restarts: new nexus ids, same initiator ports.
+        let mut s = Reservations::new();
+        s.restore_aptpl(&saved).unwrap();
+        s.add_nexus(NexusId(21), ident("iqn.2024-01.test:a", 1));
+        s.add_nexus(NexusId(22), ident("iqn.2024-01.test:c", 9));
+        assert_eq!(s.generation(), 0);
+        assert_eq!(s.keys(), vec![KA, KB, KB]);
+        assert_eq!(
+            s.reservation_type(),
+            Some(PrType::WriteExclusiveRegistrantsOnly)
+        );
+        assert!(s.is_holder(NexusId(21)));
+        assert!(s.is_registered(NexusId(22)));
+        assert_eq!(s.aptpl_state(), Some(saved.clone()));
+        assert_eq!(
+            prin(&s, prin_sa::READ_FULL_STATUS, 4096)[8..],
+            prin(&r, prin_sa::READ_FULL_STATUS, 4096)[8..]
+        );
+        s.assert_invariants();
+
+        // APTPL=0 in a later REGISTER: deactivated, the file goes.
+        let fx = prout(&mut r, A, prout_sa::REGISTER, 0, KA, KA).unwrap();
+        assert!(fx.persist);
+        assert_eq!(r.aptpl_state(), None);
+        assert_eq!(prin(&r, prin_sa::REPORT_CAPABILITIES, 8)[3] & 0x01, 0);
+        // Without APTPL nothing asks to be saved.
+        let fx = prout(&mut r, B, prout_sa::REGISTER, 0, KB, KC).unwrap();
+        assert!(!fx.persist);
+    }
+
+    #[test]
+    fn aptpl_restore_rejects_malformed_state() {
+        let mut r = lu();
+        r.persistent_reserve_out(
+            A,
+            &prout_cdb(prout_sa::REGISTER, 0, 24),
+            &basic(0, KA, 0x01),
+        )
+        .unwrap();
+        // Every REGISTER carries the APTPL bit that counts from then on.
+        r.persistent_reserve_out(
+            B,
+            &prout_cdb(prout_sa::REGISTER, 0, 24),
+            &basic(0, KB, 0x01),
+        )
+        .unwrap();
+        reserve(&mut r, A, KA, PrType::ExclusiveAccess);
+        let good = r.aptpl_state().unwrap();
+        let mut s = lu();
+        register(&mut s, C, KC);
+        let before = s.keys();
+        // Every strict prefix is truncated.
+        for n in 0..good.len() {
+            assert!(s.restore_aptpl(&good[..n]).is_err(), "prefix {n}");
+        }
+        let mutate = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = good.clone();
+            f(&mut b);
+            b
+        };
+        let cases: Vec<(Vec<u8>, PrStateError)> = vec![
+            (mutate(&|b| b[0] = b'X'), PrStateError::BadMagic),
+            (mutate(&|b| b[7] = 2), PrStateError::BadMagic),
+            (mutate(&|b| b.push(0)), PrStateError::TrailingBytes(1)),
+            (mutate(&|b| b[8] = 2), PrStateError::BadType(2)),
+            (mutate(&|b| b[9] = 0x02), PrStateError::TooMany(0x0200_0002)),
+            // First registration: key at 13..21, flags at 21.
+            (
+                mutate(&|b| b[13..21].fill(0)),
+                PrStateError::BadRegistration(0, "zero reservation key"),
+            ),
+            (
+                mutate(&|b| b[21] |= 0x80),
+                PrStateError::BadRegistration(0, "unknown flags"),
+            ),
+            // Holder flag moved off A: no holder for an Exclusive Access reservation.
+            (mutate(&|b| b[21] &= !0x04), PrStateError::BadHolder),
+            // Reservation type removed but a holder flag left.
+            (mutate(&|b| b[8] = 0), PrStateError::BadHolder),
+            // All registrants must not carry holder flags.
+            (mutate(&|b| b[8] = 8), PrStateError::BadHolder),
+            // A space in the name.
+            (
+                mutate(&|b| b[32] = b' '),
+                PrStateError::BadRegistration(0, "bad initiator name"),
+            ),
+        ];
+        for (bytes, err) in cases {
+            assert_eq!(s.restore_aptpl(&bytes), Err(err));
+        }
+        // Both registrations for the same port.
+        let mut dup = good.clone();
+        let first_len = 8 + 1 + 6 + 2 + 2 + "iqn.2024-01.test:a".len();
+        let second = 13 + first_len;
+        dup.truncate(second);
+        dup.extend_from_slice(&good[13..second]);
+        dup[second..second + 8].copy_from_slice(&KC.to_be_bytes());
+        dup[second + 8] &= !0x04;
+        assert_eq!(
+            s.restore_aptpl(&dup),
+            Err(PrStateError::BadRegistration(1, "duplicate initiator port"))
+        );
+        // Nothing changed by the failures.
+        assert_eq!(s.keys(), before);
+        assert_eq!(s.aptpl_state(), None);
+        s.restore_aptpl(&good).unwrap();
+        assert_eq!(s.keys(), vec![KA, KB]);
+        // The nexus of A's port (still connected in `s`) is the holder again.
+        assert!(s.is_holder(A));
+        assert!(!s.is_registered(C));
+        s.assert_invariants();
+    }
+
+    // --- SPC-2 RESERVE / RELEASE ---------------------------------------------------
+
+    /// libiscsi Reserve6 2Initiators.
+    #[test]
+    fn spc2_reserve_two_initiators() {
+        let mut r = lu();
+        assert!(r.check(A, &RESERVE6).is_ok());
+        r.reserve(A).unwrap();
+        r.reserve(A).unwrap();
+        assert_eq!(r.check(B, &RESERVE6), Err(Conflict));
+        assert_eq!(r.reserve(B), Err(Conflict));
+        // RELEASE from the other nexus: GOOD, no effect.
+        assert!(r.check(B, &RELEASE6).is_ok());
+        r.release(B);
+        assert_eq!(r.spc2_holder(), Some(A));
+        assert!(r.check(A, &MODE_SENSE6).is_ok());
+        assert_eq!(r.check(B, &MODE_SENSE6), Err(Conflict));
+        for cdb in [&READ10[..], &WRITE10[..], &TUR[..], &READ_CAPACITY10[..]] {
+            assert!(r.check(A, cdb).is_ok());
+            assert_eq!(r.check(B, cdb), Err(Conflict));
+        }
+        // Never affected: INQUIRY, REPORT LUNS, REQUEST SENSE, REPORT SUPPORTED OPCODES.
+        for cdb in [
+            &INQUIRY[..],
+            &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0][..],
+            &[0x03, 0, 0, 0, 18, 0][..],
+            &[0xa3, 0x0c, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0][..],
+        ] {
+            assert!(r.check(B, cdb).is_ok(), "{cdb:02x?}");
+        }
+        r.release(A);
+        assert_eq!(r.spc2_holder(), None);
+        r.reserve(B).unwrap();
+        r.release(B);
+        assert_eq!(r.spc2_holder(), None);
+    }
+
+    /// libiscsi Reserve6 Logout / ITNexusLoss / LUNReset / Target*Reset.
+    #[test]
+    fn spc2_reservation_ends_with_nexus_loss_and_reset() {
+        let mut r = lu();
+        r.reserve(A).unwrap();
+        r.remove_nexus(B);
+        assert_eq!(r.spc2_holder(), Some(A));
+        r.remove_nexus(A);
+        assert_eq!(r.spc2_holder(), None);
+        r.reserve(B).unwrap();
+        r.reset();
+        assert_eq!(r.spc2_holder(), None);
+        assert!(r.check(C, &WRITE10).is_ok());
+    }
+
+    #[test]
+    fn spc2_reservation_blocks_persistent_reserve_commands() {
+        let mut r = lu();
+        r.reserve(A).unwrap();
+        let prin_cdb = [0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0];
+        let prout = prout_cdb(prout_sa::REGISTER, 0, 24);
+        for n in [A, B] {
+            assert_eq!(r.check(n, &prin_cdb), Err(Conflict));
+            assert_eq!(r.check(n, &prout), Err(Conflict));
+        }
+        assert_eq!(
+            r.persistent_reserve_out(A, &prout, &basic(0, KA, 0)),
+            Err(ProutError::Conflict)
+        );
+        assert!(!r.is_registered(A));
+    }
+
+    /// SPC-4 §5.9, "Exceptions to SPC-2 RESERVE and RELEASE behavior".
+    #[test]
+    fn reserve_release_under_persistent_reservations() {
+        let mut r = lu();
+        register(&mut r, A, KA);
+        register(&mut r, B, KB);
+        // Registrations but no reservation: RESERVE and RELEASE conflict for all.
+        for n in [A, B, C] {
+            assert_eq!(r.check(n, &RESERVE6), Err(Conflict));
+            assert_eq!(r.check(n, &RELEASE6), Err(Conflict));
+            assert_eq!(
+                r.check(n, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+                Err(Conflict)
+            );
+            assert_eq!(r.reserve(n), Err(Conflict));
+        }
+        // Exclusive Access: the holder gets GOOD without effect; others conflict.
+        reserve(&mut r, A, KA, PrType::ExclusiveAccess);
+        assert_eq!(r.check(A, &RESERVE6), Ok(()));
+        assert_eq!(r.reserve(A), Ok(()));
+        assert_eq!(r.spc2_holder(), None);
+        assert_eq!(r.check(B, &RESERVE6), Err(Conflict));
+        assert_eq!(r.check(B, &RELEASE6), Err(Conflict));
+        release(&mut r, A, KA, PrType::ExclusiveAccess);
+        // Registrants only: any registered nexus gets GOOD without effect.
+        reserve(&mut r, A, KA, PrType::WriteExclusiveRegistrantsOnly);
+        assert_eq!(r.check(B, &RESERVE6), Ok(()));
+        assert_eq!(r.reserve(B), Ok(()));
+        r.release(B);
+        assert_eq!(r.spc2_holder(), None);
+        assert_eq!(r.check(C, &RELEASE6), Err(Conflict));
+        assert_eq!(
+            r.reservation_type(),
+            Some(PrType::WriteExclusiveRegistrantsOnly)
+        );
+    }
+
+    #[test]
+    fn reserve_release_cdb_fields() {
+        assert_eq!(check_reserve_release_cdb(&RESERVE6), Ok(()));
+        assert_eq!(check_reserve_release_cdb(&RELEASE6), Ok(()));
+        assert_eq!(
+            check_reserve_release_cdb(&[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Ok(())
+        );
+        for cdb in [
+            &[0x16, 0x10, 0, 0, 0, 0][..], // 3RDPTY
+            &[0x16, 0x01, 0, 0, 0, 0][..], // EXTENT
+            &[0x17, 0x06, 0, 0, 0, 0][..], // third party device ID
+            &[0x56, 0x10, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            &[0x57, 0x02, 0, 0, 0, 0, 0, 0, 0, 0][..], // LONGID
+        ] {
+            assert_eq!(
+                check_reserve_release_cdb(cdb),
+                Err(Sense::invalid_field_in_cdb(1, Some(4))),
+                "{cdb:02x?}"
+            );
+        }
+        assert_eq!(check_reserve_release_cdb(&[0x16]), Ok(()));
+        assert_eq!(check_reserve_release_cdb(&[]), Ok(()));
+    }
+
+    // --- Command classification ----------------------------------------------------
+
+    #[test]
+    fn command_classes_under_exclusive_access_and_write_exclusive() {
+        let reads: Vec<Vec<u8>> = vec![
+            vec![0x08, 0, 0, 0, 1, 0],
+            READ10.to_vec(),
+            vec![0xa8; 12],
+            vec![0x88; 16],
+            vec![0x2f; 10],
+            vec![0xaf; 12],
+            vec![0x8f; 16],
+            vec![0x34; 10],
+            vec![0x90; 16],
+            vec![0x37; 10],
+            vec![0xb7; 12],
+            vec![0x84; 16],
+            vec![0x9e, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            MODE_SENSE6.to_vec(),
+            vec![0x5a; 10],
+            vec![0xa3, 0x0c, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            vec![0x7f, 0, 0, 0, 0, 0, 0, 0x18, 0x00, 0x09],
+        ];
+        let writes: Vec<Vec<u8>> = vec![
+            vec![0x0a, 0, 0, 0, 1, 0],
+            WRITE10.to_vec(),
+            vec![0xaa; 12],
+            vec![0x8a; 16],
+            vec![0x2e; 10],
+            vec![0xae; 12],
+            vec![0x8e; 16],
+            vec![0x41; 10],
+            vec![0x93; 16],
+            vec![0x42; 10],
+            vec![0x89; 16],
+            vec![0x8b; 16],
+            vec![0x9c; 16],
+            vec![0x48; 10],
+            vec![0x83; 16],
+            vec![0x35; 10],
+            vec![0x91; 16],
+            vec![0x15, 0, 0, 0, 0, 0],
+            vec![0x55; 10],
+            vec![0x04, 0, 0, 0, 0, 0],
+            vec![0x1b, 0, 0, 0, 0x00, 0], // STOP
+            vec![0x1b, 0, 0, 0, 0x31, 0], // START with a power condition
+            vec![0x1e, 0, 0, 0, 0x01, 0], // PREVENT
+            vec![0x7f, 0, 0, 0, 0, 0, 0, 0x18, 0x00, 0x0b],
+            vec![0xc0; 16], // vendor specific: conflicts by default
+        ];
+        let allowed: Vec<Vec<u8>> = vec![
+            TUR.to_vec(),
+            INQUIRY.to_vec(),
+            READ_CAPACITY10.to_vec(),
+            vec![0x1b, 0, 0, 0, 0x01, 0], // START
+            vec![0x1e, 0, 0, 0, 0x00, 0], // ALLOW
+            vec![0x4d; 10],               // LOG SENSE
+            vec![0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            vec![0xab, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ];
+        for t in [PrType::ExclusiveAccess, PrType::WriteExclusive] {
+            let mut r = lu();
+            register(&mut r, A, KA);
+            register(&mut r, B, KB);
+            reserve(&mut r, A, KA, t);
+            for n in [B, C] {
+                for cdb in &reads {
+                    assert_eq!(
+                        r.check(n, cdb).is_ok(),
+                        t == PrType::WriteExclusive,
+                        "{t:?} {cdb:02x?}"
+                    );
+                }
+                for cdb in &writes {
+                    assert_eq!(r.check(n, cdb), Err(Conflict), "{t:?} {cdb:02x?}");
+                    assert_eq!(r.check(A, cdb), Ok(()));
+                }
+                for cdb in &allowed {
+                    assert_eq!(r.check(n, cdb), Ok(()), "{t:?} {cdb:02x?}");
+                }
+            }
+        }
+        // No reservation: nothing conflicts.
+        let r = lu();
+        for cdb in reads.iter().chain(&writes).chain(&allowed) {
+            assert_eq!(r.check(A, cdb), Ok(()));
+        }
+        assert_eq!(r.check(A, &[]), Ok(()));
+    }
+
+    #[test]
+    fn nexuses_come_and_go() {
+        let mut r = lu();
+        register(&mut r, A, KA);
+        reserve(&mut r, A, KA, PrType::ExclusiveAccessRegistrantsOnly);
+        // Logout keeps the registration and the reservation; a new session of the same
+        // initiator port is the holder again.
+        r.remove_nexus(A);
+        assert_eq!(r.keys(), vec![KA]);
+        assert_eq!(r.check(A, &READ10), Err(Conflict));
+        r.add_nexus(NexusId(31), ident("iqn.2024-01.test:a", 1));
+        assert!(r.is_holder(NexusId(31)));
+        // Another ISID of the same name is another initiator port.
+        r.add_nexus(NexusId(32), ident("iqn.2024-01.test:a", 2));
+        assert!(!r.is_registered(NexusId(32)));
+        assert_eq!(r.check(NexusId(32), &READ10), Err(Conflict));
+        // Initiator names compare without regard to case.
+        r.add_nexus(NexusId(33), ident("IQN.2024-01.TEST:A", 1));
+        assert!(r.is_holder(NexusId(33)));
+        // A nexus the LU never announced cannot register.
+        let e = prout(&mut r, NexusId(99), prout_sa::REGISTER, 0, 0, KB).unwrap_err();
+        assert_eq!(sense_of(e).1, Asc::INTERNAL_TARGET_FAILURE);
+        r.assert_invariants();
+    }
+
+    #[test]
+    fn data_out_length() {
+        assert_eq!(data_out_len(&prout_cdb(0, 0, 24)), 24);
+        assert_eq!(data_out_len(&prout_cdb(0, 0, 0x0102_0304)), 0x0102_0304);
+        assert_eq!(data_out_len(&WRITE10), 0);
+        assert_eq!(data_out_len(&[0x5f, 0, 0]), 0);
+    }
+
+    // --- Robustness ----------------------------------------------------------------------
+
+    fn any_op() -> impl Strategy<Value = (usize, u8, u8, u8, u8, u8)> {
+        (0usize..4, 0u8..9, 0u8..10, 0u8..4, 0u8..4, any::<u8>())
+    }
+
+    proptest! {
+        #[test]
+        fn prout_never_panics(
+            cdb in proptest::collection::vec(any::<u8>(), 0..16),
+            param in proptest::collection::vec(any::<u8>(), 0..300),
+            who in 0u64..5,
+        ) {
+            let mut r = lu();
+            register(&mut r, A, KA);
+            reserve(&mut r, A, KA, PrType::WriteExclusive);
+            let mut cdb = cdb;
+            if let Some(b) = cdb.first_mut() {
+                *b = 0x5f;
+            }
+            let _ = r.check(NexusId(who), &cdb);
+            let _ = r.persistent_reserve_out(NexusId(who), &cdb, &param);
+            r.assert_invariants();
+        }
+
+        #[test]
+        fn prout_with_valid_header_never_panics(
+            sa in 0u8..8,
+            scope_type in any::<u8>(),
+            body in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let mut r = lu();
+            register(&mut r, A, KA);
+            let mut p = KA.to_be_bytes().to_vec();
+            p.extend_from_slice(&body);
+            let cdb = prout_cdb(sa, scope_type, p.len() as u32);
+            let _ = r.persistent_reserve_out(A, &cdb, &p);
+            r.assert_invariants();
+        }
+
+        #[test]
+        fn check_and_prin_never_panic(
+            cdb in proptest::collection::vec(any::<u8>(), 0..40),
+            sa in any::<u8>(),
+            alloc in any::<u16>(),
+            buf_len in 0usize..200,
+        ) {
+            let mut r = lu();
+            register(&mut r, A, KA);
+            register(&mut r, B, KB);
+            reserve(&mut r, A, KA, PrType::ExclusiveAccessRegistrantsOnly);
+            for n in [A, B, C, NexusId(50)] {
+                let _ = r.check(n, &cdb);
+            }
+            let mut buf = vec![0u8; buf_len];
+            if let Ok(n) = r.persistent_reserve_in(A, sa, alloc, &mut buf) {
+                prop_assert!(n <= usize::from(alloc));
+            }
+            let _ = check_reserve_release_cdb(&cdb);
+            let _ = decode_prin(&cdb);
+            let _ = data_out_len(&cdb);
+        }
+
+        #[test]
+        fn restore_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut r = lu();
+            let mut with_magic = APTPL_MAGIC.to_vec();
+            with_magic.extend_from_slice(&bytes);
+            for b in [&bytes, &with_magic] {
+                if r.restore_aptpl(b).is_ok() {
+                    r.assert_invariants();
+                    // What was restored saves to the same bytes.
+                    let saved = r.aptpl_state();
+                    prop_assert_eq!(saved.as_ref(), Some(b));
+                }
+            }
+        }
+
+        #[test]
+        fn transport_id_parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+            if let Ok((tid, len)) = TransportId::parse(&bytes) {
+                prop_assert!(len <= bytes.len());
+                prop_assert_eq!(TransportId::parse(&tid.encode()).map(|(t, _)| t), Ok(tid));
+            }
+        }
+
+        /// Random sequences of service actions keep the invariants, READ KEYS and
+        /// READ RESERVATION stay well-formed, and APTPL state always restores.
+        #[test]
+        fn random_sequences_keep_invariants(ops in proptest::collection::vec(any_op(), 1..40)) {
+            let mut r = lu();
+            let keys = [0u64, KA, KB, KC];
+            let nexuses = [A, B, C, NexusId(40)];
+            r.add_nexus(NexusId(40), ident("iqn.2024-01.test:a", 2));
+            for (who, sa, t, k, sk, flags) in ops {
+                let n = nexuses[who];
+                let mut p = basic(keys[usize::from(k)], keys[usize::from(sk)], flags & 0x05);
+                if sa == prout_sa::REGISTER_AND_MOVE {
+                    let dest = nexuses[usize::from(flags) % 4];
+                    let tid = TransportId::of_port(&r.nexuses[&dest].id).encode();
+                    p = move_param(
+                        keys[usize::from(k)],
+                        keys[usize::from(sk)],
+                        flags & 0x03,
+                        1,
+                        &tid,
+                    );
+                }
+                let gen = r.generation();
+                let cdb = prout_cdb(sa, t, p.len() as u32);
+                let allowed = r.check(n, &cdb);
+                let res = r.persistent_reserve_out(n, &cdb, &p);
+                if res.is_err() {
+                    prop_assert_eq!(r.generation(), gen);
+                }
+                if allowed.is_err() {
+                    prop_assert!(res.is_err(), "check said conflict, PROUT succeeded");
+                }
+                r.assert_invariants();
+                let (_, ks) = read_keys(&r);
+                prop_assert_eq!(ks, r.keys());
+                let _ = read_reservation(&r);
+                if let Some(saved) = r.aptpl_state() {
+                    let mut s = Reservations::new();
+                    prop_assert_eq!(s.restore_aptpl(&saved), Ok(()));
+                }
+            }
+        }
+    }
+}
