@@ -85,7 +85,7 @@ mod op {
     pub const READ_DEFECT_DATA_12: u8 = 0xb7;
 }
 
-/// SCSI transport protocol identifier of iSCSI (SPC-4 §7.6.1, table 362).
+/// SCSI transport protocol identifier of iSCSI (SPC-4 §7.6.1).
 pub const PROTOCOL_ID_ISCSI: u8 = 0x5;
 
 /// Longest iSCSI name (RFC 7143 §4.2.7.1): 223 bytes.
@@ -95,7 +95,7 @@ pub const ISCSI_NAME_MAX: usize = 223;
 /// REGISTRATION RESOURCES (SPC-4 §5.9, registering).
 pub const DEFAULT_MAX_REGISTRATIONS: usize = 1024;
 
-/// Persistent reservation type (SPC-4 §6.15.3.4, table 170).
+/// Persistent reservation type (SPC-4 §6.15.3, the TYPE field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PrType {
     WriteExclusive = 1,
@@ -587,7 +587,7 @@ fn is_reserve_or_release(op: u8) -> bool {
 
 /// Check the CDB of RESERVE(6)/(10) or RELEASE(6)/(10): third-party reservations
 /// (3RDPTY, LONGID) and extents (SCSI-2) are not supported -> ILLEGAL REQUEST / INVALID
-/// FIELD IN CDB (SPC-2 §7.21, §7.22, §7.15, §7.16). Other opcodes pass.
+/// FIELD IN CDB (SPC-2 RESERVE §7.21, §7.22 and RELEASE). Other opcodes pass.
 pub fn check_reserve_release_cdb(cdb: &[u8]) -> Result<(), Sense> {
     let b1 = byte(cdb, 1);
     match byte(cdb, 0) {
@@ -959,7 +959,7 @@ impl Reservations {
         }
     }
 
-    /// RELEASE(6)/(10) (SPC-2 §7.15, §7.16): releases only if held by this nexus;
+    /// RELEASE(6)/(10) (SPC-2 §5.5.1): releases only if held by this nexus;
     /// otherwise GOOD with no effect. While registrations exist nothing is released
     /// ([`Reservations::check`] has already answered the conflict cases).
     pub fn release(&mut self, nexus: NexusId) {
@@ -1372,8 +1372,8 @@ impl Reservations {
             return Err(ProutError::Conflict);
         }
         let sa_key = b.sa_key;
-        // Registrations (by index) the command preempts, and what becomes of the
-        // reservation: Some(new type, holder index) when the preempting nexus takes it.
+        // The registrations (by index) the command removes, and whether the preempting
+        // nexus takes the reservation with the CDB's TYPE.
         let (doomed, take): (Vec<usize>, bool) = match self.reservation {
             Some(cur) if cur.all_registrants() && sa_key == 0 => {
                 // All-registrants, key zero: every other registration goes and the
