@@ -11,6 +11,7 @@ pub mod cdb;
 pub mod lu;
 pub mod lun;
 mod out;
+pub mod pr;
 pub mod rsoc;
 pub mod sbc;
 pub mod sense;

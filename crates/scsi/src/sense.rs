@@ -39,6 +39,9 @@ impl Asc {
     pub const INVALID_FIELD_IN_CDB: Asc = Asc(0x2400);
     pub const LOGICAL_UNIT_NOT_SUPPORTED: Asc = Asc(0x2500);
     pub const INVALID_FIELD_IN_PARAMETER_LIST: Asc = Asc(0x2600);
+    /// INVALID RELEASE OF PERSISTENT RESERVATION (26h/04h): PERSISTENT RESERVE OUT
+    /// RELEASE whose TYPE or SCOPE differs from the reservation held (SPC-4 §5.9, releasing).
+    pub const INVALID_RELEASE_OF_PERSISTENT_RESERVATION: Asc = Asc(0x2604);
     pub const WRITE_PROTECTED: Asc = Asc(0x2700);
     pub const SPACE_ALLOCATION_FAILED_WRITE_PROTECT: Asc = Asc(0x2707);
     pub const POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED: Asc = Asc(0x2900);
@@ -62,6 +65,9 @@ impl Asc {
     pub const INTERNAL_TARGET_FAILURE: Asc = Asc(0x4400);
     pub const INVALID_FIELD_IN_INFORMATION_UNIT: Asc = Asc(0x0e03);
     pub const MEDIUM_REMOVAL_PREVENTED: Asc = Asc(0x5302);
+    /// INSUFFICIENT REGISTRATION RESOURCES (55h/04h): no room for another persistent
+    /// reservation registration (SPC-4 §5.9, registering).
+    pub const INSUFFICIENT_REGISTRATION_RESOURCES: Asc = Asc(0x5504);
 
     // Third-party copy (SPC-4 §5.17, §6.4, table 28).
     /// OPERATION IN PROGRESS (00h/16h): an EXTENDED COPY with this LIST IDENTIFIER is
