@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use crate::cdb::{Cdb, CdbError, Opcode};
 use crate::sense::{Asc, Sense, SenseKey};
 use crate::status::Status;
+use crate::pr::{NexusIdentity, PrStateError, ProutError, Reservations};
 use crate::xcopy::{self, CopyPlan, CopyStatusTable, LuInfo};
 use crate::{rsoc, sbc, spc};
 
@@ -126,6 +127,7 @@ pub struct LogicalUnit {
     lun: u64,
     config: RwLock<LuConfig>,
     state: Mutex<LuState>,
+    pr_persistence: Mutex<Option<PrPersistence>>,
 }
 
 /// Mutable per-LU state that commands change.
@@ -133,7 +135,14 @@ struct LuState {
     nexuses: BTreeMap<NexusId, NexusState>,
     /// False after START STOP UNIT with LOEJ=1, START=0 on a removable LU (SBC-3 §5.20).
     medium_loaded: bool,
+    /// SPC-2 and persistent reservations (SPC-4 §5.9).
+    reservations: Reservations,
 }
+
+/// Where the LU's persistent reservation state goes when APTPL is set (SPC-4
+/// §5.9.5): `Some(bytes)` to keep (beside the LUN, so a restart finds it), `None` to
+/// forget. The target crate does the I/O; this crate stays free of it.
+pub type PrPersistence = Box<dyn Fn(Option<&[u8]>) + Send + Sync>;
 
 /// What the LU remembers about one I_T nexus.
 #[derive(Default)]
@@ -201,6 +210,15 @@ impl Response {
         Response {
             status: Status::CHECK_CONDITION,
             sense: Some(sense),
+            data_in_len: 0,
+        }
+    }
+
+    /// RESERVATION CONFLICT, no sense data (SAM-5 §5.3.1, SPC-4 §5.9.1).
+    pub fn reservation_conflict() -> Response {
+        Response {
+            status: Status::RESERVATION_CONFLICT,
+            sense: None,
             data_in_len: 0,
         }
     }
@@ -351,8 +369,26 @@ impl LogicalUnit {
             state: Mutex::new(LuState {
                 nexuses: BTreeMap::new(),
                 medium_loaded: true,
+                reservations: Reservations::new(),
             }),
+            pr_persistence: Mutex::new(None),
         }
+    }
+
+    /// Keep APTPL reservation state through `f` from now on.
+    pub fn set_pr_persistence(&self, f: PrPersistence) {
+        *lock(&self.pr_persistence) = Some(f);
+    }
+
+    /// Restore persistent reservations kept with APTPL by an earlier daemon (SPC-4
+    /// §5.9.5): a tgtd restart is a power loss to the initiators.
+    pub fn restore_reservations(&self, bytes: &[u8]) -> Result<(), PrStateError> {
+        lock(&self.state).reservations.restore_aptpl(bytes)
+    }
+
+    /// The persistent reservation state, for management and tests.
+    pub fn reservation_keys(&self) -> Vec<u64> {
+        lock(&self.state).reservations.keys()
     }
 
     pub fn lun(&self) -> u64 {
@@ -413,10 +449,12 @@ impl LogicalUnit {
 
     /// A new I_T nexus sees a POWER ON, RESET unit attention first (as tgt does,
     /// SAM-5 §6.3.1).
-    pub fn add_nexus(&self, nexus: NexusId) {
+    pub fn add_nexus(&self, nexus: NexusId, identity: NexusIdentity) {
         let mut unit_attentions = VecDeque::with_capacity(UA_QUEUE_MAX);
         unit_attentions.push_back(Asc::POWER_ON_RESET);
-        lock(&self.state).nexuses.insert(
+        let mut st = lock(&self.state);
+        st.reservations.add_nexus(nexus, identity);
+        st.nexuses.insert(
             nexus,
             NexusState {
                 unit_attentions,
@@ -429,7 +467,10 @@ impl LogicalUnit {
     /// I_T nexus loss: forget its unit attentions and its medium removal prevention
     /// (SBC-3 §5.5).
     pub fn remove_nexus(&self, nexus: NexusId) {
-        lock(&self.state).nexuses.remove(&nexus);
+        let mut st = lock(&self.state);
+        st.nexuses.remove(&nexus);
+        // Releases an SPC-2 reservation; registrations survive (SPC-4 §5.9.1).
+        st.reservations.remove_nexus(nexus);
     }
 
     /// Queue a unit attention for every nexus (e.g. REPORTED LUNS DATA HAS CHANGED
@@ -453,9 +494,13 @@ impl LogicalUnit {
 
     /// LOGICAL UNIT RESET / target reset effect (SAM-5 §6.3): clears queued UAs and
     /// posts `asc` (BUS DEVICE RESET / POWER ON RESET) to all nexuses; also ends
-    /// medium removal prevention (SBC-3 §5.5).
+    /// medium removal prevention (SBC-3 §5.5) and an SPC-2 reservation.
     pub fn reset(&self, asc: Asc) {
-        for n in lock(&self.state).nexuses.values_mut() {
+        let mut st = lock(&self.state);
+        // Resets release an SPC-2 reservation, not persistent ones (SPC-2 §5.5.1,
+        // SPC-4 §5.9.1).
+        st.reservations.reset();
+        for n in st.nexuses.values_mut() {
             n.unit_attentions.clear();
             n.unit_attentions.push_back(asc);
             n.prevent_removal = false;
@@ -541,6 +586,31 @@ impl LogicalUnit {
         Outcome::from(self.execute_inner(cmd, data_in))
     }
 
+    /// The checks before any command runs, under one lock: a pending unit attention
+    /// terminates any command but INQUIRY, REPORT LUNS and REQUEST SENSE and is
+    /// cleared by being reported (SAM-5 §5.14, SPC-4 §5.14); a command the
+    /// reservations do not allow this I_T nexus ends in RESERVATION CONFLICT
+    /// (SPC-4 §5.9.1, SPC-2 §5.5.1).
+    fn admit(&self, cmd: &Command<'_>, op: Opcode) -> Result<Option<Outcome>, Sense> {
+        let mut st = lock(&self.state);
+        if !matches!(
+            op,
+            Opcode::INQUIRY | Opcode::REPORT_LUNS | Opcode::REQUEST_SENSE
+        ) {
+            if let Some(asc) = st
+                .nexuses
+                .get_mut(&cmd.nexus)
+                .and_then(|n| n.unit_attentions.pop_front())
+            {
+                return Err(Sense::new(SenseKey::UNIT_ATTENTION, asc));
+            }
+        }
+        if st.reservations.check(cmd.nexus, cmd.cdb).is_err() {
+            return Ok(Some(Outcome::Done(Response::reservation_conflict())));
+        }
+        Ok(None)
+    }
+
     fn execute_inner(&self, cmd: &Command<'_>, data_in: &mut [u8]) -> Result<Outcome, Sense> {
         let Some(&op) = cmd.cdb.first() else {
             return Err(CdbError::TooShort { opcode: 0, len: 0 }.sense());
@@ -548,13 +618,8 @@ impl LogicalUnit {
         let op = Opcode(op);
         // SAM-5 §5.14 / SPC-4 §5.14: a pending unit attention terminates any command
         // but INQUIRY, REPORT LUNS and REQUEST SENSE, and is cleared by being reported.
-        if !matches!(
-            op,
-            Opcode::INQUIRY | Opcode::REPORT_LUNS | Opcode::REQUEST_SENSE
-        ) {
-            if let Some(asc) = self.take_unit_attention(cmd.nexus) {
-                return Err(Sense::new(SenseKey::UNIT_ATTENTION, asc));
-            }
+        if let Some(refused) = self.admit(cmd, op)? {
+            return Ok(refused);
         }
         let cfg = self.cfg();
         // tgt's LUN 0 controller implements only the SPC basics; the table of
@@ -737,10 +802,30 @@ impl LogicalUnit {
                 // EXTENDED COPY to extended_copy with it.
                 Err(Sense::new(SenseKey::COPY_ABORTED, Asc::COPY_TARGET_DEVICE_NOT_REACHABLE))
             }
-            Cdb::Reserve
-            | Cdb::Release
-            | Cdb::PersistentReserveIn { .. }
-            | Cdb::PersistentReserveOut { .. } => Err(CdbError::UnsupportedOpcode(op.0).sense()),
+            Cdb::Reserve => match lock(&self.state).reservations.reserve(cmd.nexus) {
+                Ok(()) => done(0),
+                Err(_) => Ok(Outcome::Done(Response::reservation_conflict())),
+            },
+            Cdb::Release => {
+                lock(&self.state).reservations.release(cmd.nexus);
+                done(0)
+            }
+            Cdb::PersistentReserveIn {
+                service_action,
+                allocation_length,
+            } => done(lock(&self.state).reservations.persistent_reserve_in(
+                cmd.nexus,
+                service_action,
+                allocation_length,
+                data_in,
+            )?),
+            Cdb::PersistentReserveOut {
+                parameter_list_length,
+            } => {
+                drop(cfg);
+                let n = (parameter_list_length as usize).min(cmd.data_out.len());
+                self.persistent_reserve_out(cmd, &cmd.data_out[..n])
+            }
             Cdb::StartStopUnit {
                 power_condition,
                 loej,
@@ -768,9 +853,10 @@ impl LogicalUnit {
     }
 
     fn extended_copy_inner(&self, cmd: &Command<'_>, lus: &[LuInfo]) -> Result<Outcome, Sense> {
-        if let Some(asc) = self.take_unit_attention(cmd.nexus) {
-            return Err(Sense::new(SenseKey::UNIT_ATTENTION, asc));
+        if let Some(refused) = self.admit(cmd, Opcode::EXTENDED_COPY)? {
+            return Ok(refused);
         }
+        check_ready(&self.cfg())?;
         let len = match Cdb::decode(cmd.cdb).map_err(|e| e.sense())? {
             Cdb::ExtendedCopy {
                 parameter_list_length,
@@ -797,6 +883,44 @@ impl LogicalUnit {
             extra: PlanExtra::Copy(Box::new(plan), cmd.nexus),
             ..IoPlan::new(IoKind::Copy, seg.dst_offset(), 0)
         }))
+    }
+
+    /// PERSISTENT RESERVE OUT (SPC-4 §6.16): run it, post the unit attentions it
+    /// raised, and keep the APTPL state where the target crate stores it.
+    fn persistent_reserve_out(&self, cmd: &Command<'_>, param: &[u8]) -> Result<Outcome, Sense> {
+        let (effects, state) = {
+            let mut st = lock(&self.state);
+            let effects = match st
+                .reservations
+                .persistent_reserve_out(cmd.nexus, cmd.cdb, param)
+            {
+                Ok(e) => e,
+                Err(ProutError::Conflict) => {
+                    return Ok(Outcome::Done(Response::reservation_conflict()))
+                }
+                Err(ProutError::Sense(s)) => return Err(s),
+            };
+            for &(nexus, asc) in &effects.unit_attentions {
+                if let Some(n) = st.nexuses.get_mut(&nexus) {
+                    if !n.unit_attentions.contains(&asc) && n.unit_attentions.len() < UA_QUEUE_MAX {
+                        n.unit_attentions.push_back(asc);
+                    }
+                }
+            }
+            let state = effects.persist.then(|| st.reservations.aptpl_state());
+            (effects, state)
+        };
+        if let Some(state) = state {
+            if let Some(persist) = lock(&self.pr_persistence).as_ref() {
+                persist(state.as_deref());
+            }
+        }
+        // PREEMPT AND ABORT (SPC-4 §5.9.11.5): the preempted nexuses' tasks are
+        // aborted by the transport; commands of this target complete quickly, so
+        // what is in flight finishes and nothing new of theirs is admitted by the
+        // reservation check above.
+        let _ = effects.abort_nexuses;
+        Ok(Outcome::Done(Response::good(0)))
     }
 
     /// Online with its medium loaded: media access commands may run.

@@ -38,6 +38,14 @@ fn done(o: Outcome) -> Response {
     }
 }
 
+fn ident(n: NexusId) -> crate::pr::NexusIdentity {
+    crate::pr::NexusIdentity {
+        initiator_name: format!("iqn.2026-11.org.example:i{}", n.0),
+        isid: [0x40, 0, 0, 0, 0, n.0 as u8],
+        relative_target_port: 1,
+    }
+}
+
 fn io(o: Outcome) -> IoPlan {
     match o {
         Outcome::Io(p) => p,
@@ -89,7 +97,7 @@ fn rw16(op: u8, flags: u8, lba: u64, blocks: u32) -> [u8; 16] {
 #[test]
 fn new_nexus_sees_power_on_reset_first_then_queue_in_order() {
     let lu = disk();
-    lu.add_nexus(N);
+    lu.add_nexus(N, ident(N));
     lu.raise_unit_attention(Asc::REPORTED_LUNS_DATA_HAS_CHANGED);
     lu.raise_unit_attention(Asc::REPORTED_LUNS_DATA_HAS_CHANGED); // deduplicated
                                                                   // INQUIRY neither reports nor clears a unit attention (SAM-5 §5.14).
@@ -110,7 +118,7 @@ fn new_nexus_sees_power_on_reset_first_then_queue_in_order() {
 #[test]
 fn request_sense_returns_and_clears_unit_attention() {
     let lu = disk();
-    lu.add_nexus(N);
+    lu.add_nexus(N, ident(N));
     let (r, d) = run(&lu, &[0x03, 0, 0, 0, 252, 0]);
     assert_eq!(r, Response::good(18));
     assert_eq!(d[0], 0x70);
@@ -131,7 +139,7 @@ fn request_sense_returns_and_clears_unit_attention() {
 #[test]
 fn reset_replaces_queue_and_remove_nexus_forgets() {
     let lu = disk();
-    lu.add_nexus(N);
+    lu.add_nexus(N, ident(N));
     lu.raise_unit_attention(Asc::INQUIRY_DATA_HAS_CHANGED);
     lu.reset(Asc::BUS_DEVICE_RESET);
     assert_eq!(lu.pending_unit_attentions(N), vec![Asc::BUS_DEVICE_RESET]);
@@ -144,7 +152,7 @@ fn reset_replaces_queue_and_remove_nexus_forgets() {
 #[test]
 fn update_raises_the_right_unit_attentions() {
     let lu = disk();
-    lu.add_nexus(N);
+    lu.add_nexus(N, ident(N));
     lu.take_unit_attention(N);
     lu.update(|c| c.size *= 2);
     assert_eq!(
@@ -168,7 +176,7 @@ fn update_raises_the_right_unit_attentions() {
 #[test]
 fn unit_attention_queue_is_bounded() {
     let lu = disk();
-    lu.add_nexus(N);
+    lu.add_nexus(N, ident(N));
     for i in 0..100u16 {
         lu.raise_unit_attention(Asc(0x4000 + i));
     }
@@ -346,7 +354,7 @@ fn report_luns_lists_every_lun() {
 fn report_luns_clears_reported_luns_changed() {
     let t = table();
     let lu = t.get(1).unwrap().clone();
-    lu.add_nexus(N);
+    lu.add_nexus(N, ident(N));
     lu.take_unit_attention(N);
     lu.raise_unit_attention(Asc::REPORTED_LUNS_DATA_HAS_CHANGED);
     assert_eq!(run_table(&t, 1, &report_luns(0, 64)).0.status, Status::GOOD);
@@ -433,7 +441,7 @@ fn read_capacity_10() {
         Status::GOOD
     );
     lu.update(|c| c.size = (1u64 << 33) * 512);
-    lu.add_nexus(N);
+    lu.add_nexus(N, ident(N));
     lu.take_unit_attention(N);
     let (_, d) = run(&lu, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(&d[..4], &[0xff; 4]);
@@ -781,6 +789,7 @@ fn complete_io_errno_mapping() {
         transfer_len: 512,
         span: 512,
         source: None,
+        store_lun: None,
         extra: lu::PlanExtra::None,
     };
     let check = |r: Response, k, a| assert_check(&r, k, a);
@@ -886,7 +895,7 @@ proptest! {
         ua in any::<bool>(),
     ) {
         if ua {
-            lu.add_nexus(N);
+            lu.add_nexus(N, ident(N));
         }
         let cfg = lu.config();
         let mut buf = vec![0u8; data_in_len];
@@ -928,7 +937,7 @@ proptest! {
     fn complete_io_never_panics(len in 0usize..1 << 20, res in any::<Result<usize, i32>>(), k in 0..3u8) {
         let lu = disk();
         let kind = [IoKind::Read, IoKind::Write, IoKind::Flush][usize::from(k)];
-        let r = lu.complete_io(&IoPlan { kind, offset: 0, len, fua: false, transfer_len: len, span: len as u64, source: None, extra: lu::PlanExtra::None }, res, &mut []);
+        let r = lu.complete_io(&IoPlan { kind, offset: 0, len, fua: false, transfer_len: len, span: len as u64, source: None, store_lun: None, extra: lu::PlanExtra::None }, res, &mut []);
         prop_assert_eq!(r.status == Status::GOOD, r.sense.is_none());
     }
 }
@@ -943,7 +952,7 @@ fn start_stop(loej: bool, start: bool, pc: u8) -> [u8; 6] {
 fn eject_and_load_removable_medium() {
     let lu = disk();
     lu.update(|c| c.removable = true);
-    lu.add_nexus(N);
+    lu.add_nexus(N, ident(N));
     lu.take_unit_attention(N);
     assert_eq!(run(&lu, &start_stop(true, false, 0)).0, Response::good(0));
     assert_check(
@@ -973,7 +982,7 @@ fn non_removable_cannot_eject() {
 fn prevent_blocks_eject_until_allow_nexus_loss_or_reset() {
     let lu = disk();
     lu.update(|c| c.removable = true);
-    lu.add_nexus(N);
+    lu.add_nexus(N, ident(N));
     lu.take_unit_attention(N);
     let prevent = [0x1e, 0, 0, 0, 1, 0];
     let allow = [0x1e, 0, 0, 0, 0, 0];
@@ -993,7 +1002,7 @@ fn prevent_blocks_eject_until_allow_nexus_loss_or_reset() {
     run(&lu, &prevent);
     blocked(&lu);
     lu.remove_nexus(N);
-    lu.add_nexus(N);
+    lu.add_nexus(N, ident(N));
     lu.take_unit_attention(N);
     assert_eq!(run(&lu, &start_stop(true, false, 0)).0, Response::good(0));
     assert_eq!(run(&lu, &start_stop(true, true, 0)).0, Response::good(0));

@@ -7,6 +7,7 @@
 pub mod acl;
 pub mod mgmt;
 pub mod portal;
+pub mod pr_state;
 pub mod reactor;
 pub mod registry;
 pub mod shutdown;

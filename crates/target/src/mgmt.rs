@@ -432,9 +432,15 @@ fn lu_new(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
     cfg.max_transfer = ctx.shared.iscsi.max_data_transfer;
     let lu = Arc::new(LogicalUnit::new(req.lun, cfg));
     apply_lu_params(&lu, &req.params())?;
+    if let Some(p) = &path {
+        crate::pr_state::attach(&lu, crate::pr_state::state_path(Path::new(p)));
+    }
 
     let mut reg = ctx.registry().lock();
-    let nexuses: Vec<_> = reg.sessions_of(req.tid).map(|s| s.nexus).collect();
+    let nexuses: Vec<_> = reg
+        .sessions_of(req.tid)
+        .map(|s| (s.nexus, s.nexus_identity()))
+        .collect();
     let t = reg.targets.get_mut(&req.tid).ok_or(TgtadmError::NoTarget)?;
     if t.luns.contains_key(&req.lun) {
         return Err(TgtadmError::LunExist);
@@ -445,8 +451,8 @@ fn lu_new(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
             .lu
             .raise_unit_attention(Asc::REPORTED_LUNS_DATA_HAS_CHANGED);
     }
-    for n in nexuses {
-        lu.add_nexus(n);
+    for (n, id) in nexuses {
+        lu.add_nexus(n, id);
     }
     let oflags = rtgt_mgmt::show::bsoflags_text(sync, direct);
     t.luns.insert(

@@ -30,7 +30,7 @@ use rtgt_iscsi::{
     SendTargetsScope, SessionType, TargetConfig, TaskManagement,
 };
 use rtgt_scsi::{
-    lun_from_wire, Asc, Command, IoKind, IoPlan, LogicalUnit, NexusId, Outcome, PlanBuffer,
+    lun_from_wire, pr::NexusIdentity, spc::RELATIVE_TARGET_PORT, Asc, Command, IoKind, IoPlan, LogicalUnit, NexusId, Outcome, PlanBuffer,
     PlanExtra, Response, SenseKey,
 };
 
@@ -1045,8 +1045,13 @@ fn decide_login(
     let tsih = reg.alloc_tsih();
     let nexus = NexusId(sid);
     let target = reg.targets.get(&tid).ok_or(LoginStatus::TARGET_REMOVED)?;
+    let identity = NexusIdentity {
+        initiator_name: info.initiator_name.clone(),
+        isid: info.isid,
+        relative_target_port: RELATIVE_TARGET_PORT,
+    };
     for e in target.luns.values() {
-        e.backing.lu.add_nexus(nexus);
+        e.backing.lu.add_nexus(nexus, identity.clone());
     }
     let shared_t = target.shared.clone();
     reg.sessions.insert(

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use rtgt_backing::BackingStore;
 use rtgt_scsi::{LogicalUnit, LunTable, NexusId};
+use rtgt_scsi::pr::NexusIdentity;
 
 use crate::acl::AclEntry;
 
@@ -120,6 +121,18 @@ pub struct SessionEntry {
     pub alias: Option<String>,
     pub nexus: NexusId,
     pub connections: Vec<ConnectionEntry>,
+}
+
+impl SessionEntry {
+    /// Who this I_T nexus is, for persistent reservations (SPC-4 §5.9.3): the
+    /// initiator port (name and ISID) and our one target port.
+    pub fn nexus_identity(&self) -> NexusIdentity {
+        NexusIdentity {
+            initiator_name: self.initiator.clone(),
+            isid: self.isid,
+            relative_target_port: rtgt_scsi::spc::RELATIVE_TARGET_PORT,
+        }
+    }
 }
 
 /// A listening address (tgt's portal), with the port actually bound.
