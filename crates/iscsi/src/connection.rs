@@ -1551,18 +1551,38 @@ impl<B: DataBuf> Connection<B> {
 
     /// Forget a task (ABORT TASK etc.): drop its R2T state; its buffer comes back
     /// through `poll_free_buffer`; a later `complete_command` for it is ignored.
-    pub fn abort_task(&mut self, itt: u32) {
-        if let Some(mut t) = self.tasks.remove(&itt) {
-            if let Some(b) = t.buffer.take() {
-                self.free_buffers.push_back(b);
-            }
-            if !t.ordered {
-                // Keep the CmdSN accounted, but not linked to a forgotten task.
-                if let Some(v) = self.ahead.get_mut(&t.cmd_sn) {
-                    *v = Waiting::Nothing;
-                }
+    ///
+    /// Returns whether the task was still outstanding: a task whose response
+    /// was already queued (or that never arrived) does not exist any more, which
+    /// ABORT TASK reports as "Task does not exist" (RFC 7143 §11.6.1).
+    pub fn abort_task(&mut self, itt: u32) -> bool {
+        let Some(mut t) = self.tasks.remove(&itt) else {
+            return false;
+        };
+        if let Some(b) = t.buffer.take() {
+            self.free_buffers.push_back(b);
+        }
+        if !t.ordered {
+            // Keep the CmdSN accounted, but not linked to a forgotten task.
+            if let Some(v) = self.ahead.get_mut(&t.cmd_sn) {
+                *v = Waiting::Nothing;
             }
         }
+        true
+    }
+
+    /// ABORT TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET (SAM-5 §7): forget
+    /// every outstanding task of this connection addressed to the wire LUN
+    /// `lun` (every task when `None`). Their responses are never sent; their
+    /// buffers come back through `poll_free_buffer`. Returns how many.
+    pub fn abort_tasks(&mut self, lun: Option<u64>) -> usize {
+        let itts: Vec<u32> = self
+            .tasks
+            .values()
+            .filter(|t| lun.is_none_or(|l| t.lun == l))
+            .map(|t| t.itt)
+            .collect();
+        itts.into_iter().filter(|&itt| self.abort_task(itt)).count()
     }
 
     /// Task Management Function Response (§11.6.1: 0 complete, 1 task does not

@@ -485,12 +485,21 @@ impl Cdb {
                 fua: b1 & 0x08 != 0,
                 wrprotect: b1 >> 5,
             },
-            Opcode::SANITIZE => Cdb::Sanitize {
+            Opcode::SANITIZE => {
+                // SBC-3 §5.19: byte 1 bit 6 and bytes 2..=6 are reserved.
+                if b1 & 0x40 != 0 {
+                    return Err(invalid(1, Some(6)));
+                }
+                if let Some(at) = (2..=6).find(|&i| byte(cdb, i) != 0) {
+                    return Err(invalid(at as u16, None));
+                }
+                Cdb::Sanitize {
                 immed: b1 & 0x80 != 0,
                 ause: b1 & 0x20 != 0,
-                service_action: b1 & 0x1f,
-                parameter_list_length: be16(cdb, 7),
-            },
+                    service_action: b1 & 0x1f,
+                    parameter_list_length: be16(cdb, 7),
+                }
+            }
             Opcode::MODE_SELECT_6 | Opcode::MODE_SELECT_10 => {
                 let ten = Opcode(op) == Opcode::MODE_SELECT_10;
                 Cdb::ModeSelect {

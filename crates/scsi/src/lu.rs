@@ -55,6 +55,9 @@ pub struct LuConfig {
     pub removable: bool,
     pub online: bool,
     pub thin_provisioning: bool,
+    /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT set with tgt's `lbppbe`
+    /// parameter; None: one 4 KiB page (what a file store allocates).
+    pub lbppbe: Option<u8>,
     /// WCE in the caching mode page (SBC-3 §6.4.5); default true.
     pub write_cache: bool,
     /// Largest transfer accepted, in bytes (Block Limits VPD MAXIMUM TRANSFER LENGTH =
@@ -82,6 +85,7 @@ impl LuConfig {
             removable: false,
             online: true,
             thin_provisioning: false,
+            lbppbe: None,
             write_cache: true,
             max_transfer: DEFAULT_MAX_TRANSFER,
         }
@@ -137,6 +141,20 @@ struct LuState {
     medium_loaded: bool,
     /// SPC-2 and persistent reservations (SPC-4 §5.9).
     reservations: Reservations,
+    /// A SANITIZE is running or failed (SBC-3 §4.11).
+    sanitize: SanitizeState,
+}
+
+/// Where the LU stands with SANITIZE (SBC-3 §4.11, §5.19).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SanitizeState {
+    Idle,
+    /// Media access is NOT READY, SANITIZE IN PROGRESS until it completes; it
+    /// continues through task management and I_T nexus loss.
+    Running,
+    /// The last sanitize failed: MEDIUM ERROR, SANITIZE COMMAND FAILED until a
+    /// SANITIZE EXIT FAILURE MODE (or a successful sanitize).
+    Failed,
 }
 
 /// Where the LU's persistent reservation state goes when APTPL is set (SPC-4
@@ -326,6 +344,8 @@ pub struct IoPlan {
     /// The LUN whose store runs the plan when it is not the command's own (the
     /// destination of an EXTENDED COPY addressed to another LU).
     pub store_lun: Option<u64>,
+    /// A SANITIZE: its completion ends the LU's sanitize state (SBC-3 §4.11).
+    pub sanitize: bool,
     pub extra: PlanExtra,
 }
 
@@ -342,6 +362,7 @@ impl IoPlan {
             span: len as u64,
             source: None,
             store_lun: None,
+            sanitize: false,
             extra: PlanExtra::None,
         }
     }
@@ -370,6 +391,7 @@ impl LogicalUnit {
                 nexuses: BTreeMap::new(),
                 medium_loaded: true,
                 reservations: Reservations::new(),
+                sanitize: SanitizeState::Idle,
             }),
             pr_persistence: Mutex::new(None),
         }
@@ -420,7 +442,7 @@ impl LogicalUnit {
             let mut cfg = self.config.write().unwrap_or_else(|e| e.into_inner());
             let old = cfg.clone();
             f(&mut cfg);
-            if old.size != cfg.size || old.block_size != cfg.block_size {
+            if old.size != cfg.size || old.block_size != cfg.block_size || old.lbppbe != cfg.lbppbe {
                 raised.push(Asc::CAPACITY_DATA_HAS_CHANGED);
             }
             if old.vendor_id != cfg.vendor_id
@@ -608,7 +630,24 @@ impl LogicalUnit {
         if st.reservations.check(cmd.nexus, cmd.cdb).is_err() {
             return Ok(Some(Outcome::Done(Response::reservation_conflict())));
         }
-        Ok(None)
+        // SBC-3 §4.11.3: while a sanitize runs, only commands that do not touch
+        // the medium or its state are processed; after one failed, media access
+        // reports the failure until EXIT FAILURE MODE.
+        let harmless = matches!(
+            op,
+            Opcode::INQUIRY | Opcode::REPORT_LUNS | Opcode::REQUEST_SENSE | Opcode::MAINTENANCE_IN
+        );
+        match st.sanitize {
+            SanitizeState::Running if !harmless => Err(Sense::new(
+                SenseKey::NOT_READY,
+                Asc::LOGICAL_UNIT_NOT_READY_SANITIZE_IN_PROGRESS,
+            )),
+            SanitizeState::Failed if !harmless && op != Opcode::SANITIZE => Err(Sense::new(
+                SenseKey::MEDIUM_ERROR,
+                Asc::SANITIZE_COMMAND_FAILED,
+            )),
+            _ => Ok(None),
+        }
     }
 
     fn execute_inner(&self, cmd: &Command<'_>, data_in: &mut [u8]) -> Result<Outcome, Sense> {
@@ -780,7 +819,15 @@ impl LogicalUnit {
                 ..
             } => {
                 ready(&cfg)?;
-                sbc::sanitize(&cfg, service_action, parameter_list_length, cmd.data_out)
+                let outcome =
+                    sbc::sanitize(&cfg, service_action, parameter_list_length, cmd.data_out)?;
+                let mut st = lock(&self.state);
+                st.sanitize = match outcome {
+                    Outcome::Io(_) => SanitizeState::Running,
+                    // EXIT FAILURE MODE, or nothing to sanitize.
+                    Outcome::Done(_) => SanitizeState::Idle,
+                };
+                Ok(outcome)
             }
             Cdb::ReportSupportedOperationCodes => done(rsoc::report_supported_operation_codes(
                 cfg.device_type,
@@ -969,6 +1016,13 @@ impl LogicalUnit {
     /// ERROR / WRITE ERROR, EROFS -> WRITE PROTECTED, others -> HARDWARE ERROR /
     /// INTERNAL TARGET FAILURE. A short transfer is reported like EIO.
     pub fn complete_io(&self, plan: &IoPlan, result: Result<usize, i32>, buf: &mut [u8]) -> Response {
+        if plan.sanitize {
+            lock(&self.state).sanitize = if result.is_ok() {
+                SanitizeState::Idle
+            } else {
+                SanitizeState::Failed
+            };
+        }
         let err = match (plan.kind, result) {
             (IoKind::Extents, Ok(n)) => {
                 let cfg = self.cfg();

@@ -45,7 +45,7 @@ pub fn read_capacity_16(
     b[8..12].copy_from_slice(&cfg.block_len().to_be_bytes());
     // Byte 13: P_I_EXPONENT 0, LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT: files
     // allocate (and punch holes) in 4 KiB pages, so that is the physical block.
-    b[13] = physical_block_exponent(cfg);
+    b[13] = physical_block_exponent(cfg) & 0x0f;
     if cfg.thin_provisioning {
         b[14] = 0x80 | 0x40; // LBPME, LBPRZ
     }
@@ -85,7 +85,12 @@ pub const MAX_ATOMIC_BYTES: u32 = 1 << 20;
 /// ATOMIC ALIGNMENT and ATOMIC TRANSFER LENGTH GRANULARITY, in blocks (SBC-4
 /// §6.6.4): whole physical blocks (file pages), at least two logical blocks.
 pub fn atomic_unit(cfg: &LuConfig) -> u32 {
-    (PHYSICAL_BLOCK / cfg.block_len()).max(2)
+    blocks_per_physical(cfg).max(2)
+}
+
+/// Logical blocks per physical block (2 ^ [`physical_block_exponent`]).
+pub fn blocks_per_physical(cfg: &LuConfig) -> u32 {
+    1 << physical_block_exponent(cfg).min(14)
 }
 
 /// The checks every command that writes the medium shares: no protection
@@ -373,6 +378,10 @@ fn write_same(
         check_range(cfg, lba, blocks)?;
         u64::from(blocks)
     };
+    // MAXIMUM WRITE SAME LENGTH (Block Limits VPD, SBC-3 §6.5.3).
+    if blocks > max_write_same_blocks(cfg) {
+        return Err(Sense::invalid_field_in_cdb(10, None));
+    }
     // With NDOB the block is all zeros and no data is transferred; otherwise
     // exactly one logical block must arrive (SBC-3 §5.42).
     if !ndob && data_out.len() != bs as usize {
@@ -412,11 +421,11 @@ fn unmap(
     data_out: &[u8],
 ) -> Result<Outcome, Sense> {
     let bs = u64::from(cfg.block_len());
+    check_writable(cfg, 0)?;
     if !cfg.thin_provisioning {
         // LBPU=0: the command is not supported on a fully provisioned LU.
         return Err(CdbError::UnsupportedOpcode(Opcode::UNMAP.0).sense());
     }
-    check_writable(cfg, 0)?;
     if anchor {
         return Err(Sense::invalid_field_in_cdb(1, Some(0)));
     }
@@ -480,13 +489,22 @@ fn checked_transfer(cfg: &LuConfig, blocks: u32, op: Opcode) -> Result<usize, Se
     usize::try_from(bytes).map_err(|_| Sense::invalid_field_in_cdb(transfer_length_byte(op), None))
 }
 
+/// MAXIMUM WRITE SAME LENGTH in blocks: what one WRITE may transfer. A WRITE
+/// SAME covering more is split by the initiator (Linux and QEMU do), and an
+/// initiator that checks it with a WRITE of the same length can.
+pub fn max_write_same_blocks(cfg: &LuConfig) -> u64 {
+    u64::from((cfg.max_transfer / cfg.block_len()).max(1))
+}
+
 /// The page size files are allocated in: the physical block of a file store.
 pub const PHYSICAL_BLOCK: u32 = 4096;
 
 /// log2(logical blocks per physical block) for READ CAPACITY(16) (SBC-3 §5.16.2).
 pub fn physical_block_exponent(cfg: &LuConfig) -> u8 {
-    let per = (PHYSICAL_BLOCK / cfg.block_len()).max(1);
-    per.trailing_zeros() as u8
+    cfg.lbppbe.unwrap_or_else(|| {
+        let per = (PHYSICAL_BLOCK / cfg.block_len()).max(1);
+        per.trailing_zeros() as u8
+    })
 }
 
 /// Rewrite, in place, the store's extent records (16 bytes each: length in bytes
@@ -616,6 +634,9 @@ pub(crate) fn sanitize(
             Ok(Outcome::Io(IoPlan {
                 span,
                 transfer_len: plen,
+                // A sanitize is done when the data is on the medium.
+                fua: true,
+                sanitize: true,
                 extra: PlanExtra::Buffer(block),
                 ..IoPlan::new(IoKind::WriteSame, 0, bs)
             }))
@@ -631,6 +652,7 @@ pub(crate) fn sanitize(
             Ok(Outcome::Io(IoPlan {
                 span,
                 transfer_len: 0,
+                sanitize: true,
                 ..IoPlan::new(IoKind::Unmap, 0, 0)
             }))
         }

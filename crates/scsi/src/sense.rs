@@ -30,6 +30,7 @@ impl Asc {
     pub const NO_ADDITIONAL_SENSE: Asc = Asc(0x0000);
     pub const LOGICAL_UNIT_NOT_READY_CAUSE_NOT_REPORTABLE: Asc = Asc(0x0400);
     pub const LOGICAL_UNIT_IS_IN_PROCESS_OF_BECOMING_READY: Asc = Asc(0x0401);
+    pub const LOGICAL_UNIT_NOT_READY_SANITIZE_IN_PROGRESS: Asc = Asc(0x041b);
     pub const WRITE_ERROR: Asc = Asc(0x0c00);
     pub const UNRECOVERED_READ_ERROR: Asc = Asc(0x1100);
     pub const MISCOMPARE_DURING_VERIFY_OPERATION: Asc = Asc(0x1d00);
@@ -59,6 +60,7 @@ impl Asc {
     pub const CAPACITY_DATA_HAS_CHANGED: Asc = Asc(0x2a09);
     pub const COMMANDS_CLEARED_BY_ANOTHER_INITIATOR: Asc = Asc(0x2f00);
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: Asc = Asc(0x3900);
+    pub const SANITIZE_COMMAND_FAILED: Asc = Asc(0x3103);
     pub const MEDIUM_NOT_PRESENT: Asc = Asc(0x3a00);
     pub const INQUIRY_DATA_HAS_CHANGED: Asc = Asc(0x3f03);
     pub const REPORTED_LUNS_DATA_HAS_CHANGED: Asc = Asc(0x3f0e);

@@ -142,6 +142,9 @@ pub fn inquiry(
             b[1] = page_code;
             b[3] = 0x3c;
             b[5] = 0x01;
+            // WABEREQ 01b (SBC-4 §6.6.2): after SANITIZE BLOCK ERASE reads
+            // succeed and return zeros (the blocks are deallocated, LBPRZ=1).
+            b[7] = 0x40;
             out.put(&b);
         }
         vpd::LOGICAL_BLOCK_PROVISIONING => {
@@ -234,13 +237,15 @@ fn block_limits(cfg: &LuConfig) -> [u8; 64] {
     let max_blocks = cfg.max_transfer / bs;
     b[8..12].copy_from_slice(&max_blocks.to_be_bytes()); // MAXIMUM TRANSFER LENGTH
     b[12..16].copy_from_slice(&max_blocks.to_be_bytes()); // OPTIMAL TRANSFER LENGTH
+    // MAXIMUM WRITE SAME LENGTH (bytes 36..44).
+    b[36..44].copy_from_slice(&crate::sbc::max_write_same_blocks(cfg).to_be_bytes());
     if cfg.thin_provisioning {
         // MAXIMUM UNMAP LBA COUNT and MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT are
         // non-zero exactly when LBPU is set (SBC-3 §6.5.3).
         b[20..24].copy_from_slice(&u32::MAX.to_be_bytes());
         b[24..28].copy_from_slice(&crate::sbc::MAX_UNMAP_DESCRIPTORS.to_be_bytes());
         // OPTIMAL UNMAP GRANULARITY: one physical block (a file's page).
-        let unmap_granularity = (crate::sbc::PHYSICAL_BLOCK / bs).max(1);
+        let unmap_granularity = crate::sbc::blocks_per_physical(cfg);
         b[28..32].copy_from_slice(&unmap_granularity.to_be_bytes());
     }
     // MAXIMUM ATOMIC TRANSFER LENGTH, ATOMIC ALIGNMENT and ATOMIC TRANSFER

@@ -790,6 +790,7 @@ fn complete_io_errno_mapping() {
         span: 512,
         source: None,
         store_lun: None,
+        sanitize: false,
         extra: lu::PlanExtra::None,
     };
     let check = |r: Response, k, a| assert_check(&r, k, a);
@@ -937,7 +938,7 @@ proptest! {
     fn complete_io_never_panics(len in 0usize..1 << 20, res in any::<Result<usize, i32>>(), k in 0..3u8) {
         let lu = disk();
         let kind = [IoKind::Read, IoKind::Write, IoKind::Flush][usize::from(k)];
-        let r = lu.complete_io(&IoPlan { kind, offset: 0, len, fua: false, transfer_len: len, span: len as u64, source: None, store_lun: None, extra: lu::PlanExtra::None }, res, &mut []);
+        let r = lu.complete_io(&IoPlan { kind, offset: 0, len, fua: false, transfer_len: len, span: len as u64, source: None, store_lun: None, sanitize: false, extra: lu::PlanExtra::None }, res, &mut []);
         prop_assert_eq!(r.status == Status::GOOD, r.sense.is_none());
     }
 }

@@ -376,6 +376,11 @@ fn apply_lu_params(lu: &LogicalUnit, params: &[(String, String)]) -> Result<(), 
             "vendor_id" => cfg.vendor_id = v.clone(),
             "product_id" => cfg.product_id = v.clone(),
             "product_rev" => cfg.product_rev = v.clone(),
+            // tgt's LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (READ CAPACITY(16)).
+            "lbppbe" => match v.parse::<u8>() {
+                Ok(e) if e <= 14 => cfg.lbppbe = Some(e),
+                _ => return Err(TgtadmError::InvalidRequest),
+            },
             // Keys the creation request itself carries.
             "path" | "bstype" | "bsopts" | "bsoflags" | "blocksize" | "device-type" => {}
             _ => return Err(TgtadmError::UnknownParam),

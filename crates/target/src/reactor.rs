@@ -747,20 +747,44 @@ impl Reactor {
         };
         sess.refresh();
         let lun = lun_from_wire(tm.lun).unwrap_or(u64::MAX);
+        const TASK_DOES_NOT_EXIST: u8 = 1;
+        let nexus = sess.nexus;
         let response = match tm.function & 0x7f {
             ABORT_TASK => {
-                conn.proto.abort_task(tm.referenced_itt);
-                FUNCTION_COMPLETE
+                // RFC 7143 §11.6.1: a task already answered (or never received)
+                // does not exist; one still outstanding is aborted, its response
+                // never sent.
+                if conn.proto.abort_task(tm.referenced_itt) {
+                    FUNCTION_COMPLETE
+                } else {
+                    TASK_DOES_NOT_EXIST
+                }
             }
-            ABORT_TASK_SET | CLEAR_TASK_SET => FUNCTION_COMPLETE,
+            ABORT_TASK_SET | CLEAR_TASK_SET => match sess.snap.table.get(lun) {
+                Some(lu) => {
+                    conn.proto.abort_tasks(Some(tm.lun));
+                    if tm.function & 0x7f == CLEAR_TASK_SET {
+                        // SAM-5 §7.4: with one task set for all I_T nexuses
+                        // (TST 000b), the others learn their commands are gone.
+                        lu.raise_unit_attention_except(
+                            Asc::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR,
+                            Some(nexus),
+                        );
+                    }
+                    FUNCTION_COMPLETE
+                }
+                None => LUN_DOES_NOT_EXIST,
+            },
             LOGICAL_UNIT_RESET => match sess.snap.table.get(lun) {
                 Some(lu) => {
+                    conn.proto.abort_tasks(Some(tm.lun));
                     lu.reset(Asc::BUS_DEVICE_RESET);
                     FUNCTION_COMPLETE
                 }
                 None => LUN_DOES_NOT_EXIST,
             },
             TARGET_WARM_RESET | TARGET_COLD_RESET => {
+                conn.proto.abort_tasks(None);
                 for lu in sess.snap.table.iter() {
                     lu.reset(Asc::POWER_ON_RESET);
                 }
