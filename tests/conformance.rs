@@ -184,14 +184,33 @@ fn profile(d: &Tgtd) {
         let path = d.sparse_file(GIB);
         let path = path.to_string_lossy();
         adm(&[
-            "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", lun, "-b", &path,
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            lun,
+            "-b",
+            &path,
         ]);
         adm(&[
-            "--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", lun, "--params",
+            "--op",
+            "update",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            lun,
+            "--params",
             params,
         ]);
     }
-    adm(&["--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"]);
+    adm(&[
+        "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
+    ]);
     let second = format!("portal=127.0.0.2:{}", d.port);
     adm(&["--op", "new", "--mode", "portal", "--param", &second]);
 }
@@ -241,7 +260,11 @@ fn libiscsi_suite_passes_on_the_profile() {
         let results = classify(&out.stdout);
         println!(
             "iscsi-test-cu {} on {lun_url}: {} tests (CUnit tests row {:?})",
-            if selection.len() > 40 { "ALL (without Sanitize)" } else { selection },
+            if selection.len() > 40 {
+                "ALL (without Sanitize)"
+            } else {
+                selection
+            },
             results.len(),
             cunit_tests_row(&out.stdout)
         );

@@ -84,12 +84,15 @@ fn data_at(regions: &[(u64, u64, bool)], at: u64) -> bool {
 fn unmap_and_write_same_deallocate_and_read_zeros() {
     require_qemu_iscsi();
     require("qemu-io");
-    let d = Tgtd::start(TgtdOpts::default());
+    let mut d = Tgtd::start(TgtdOpts::default());
     let path = thin_lun(&d, 64 * MIB);
 
     qemu_io(&d, "write -P 0xa5 0 8M");
     let full = allocated(&path);
-    assert!(full >= 8 * MIB, "8 MiB written but only {full} bytes allocated");
+    assert!(
+        full >= 8 * MIB,
+        "8 MiB written but only {full} bytes allocated"
+    );
 
     // UNMAP (QEMU's discard) punches a hole; the blocks read back as zeros
     // (LBPRZ=1) and the file shrinks.
@@ -124,7 +127,7 @@ fn get_lba_status_follows_the_file_allocation() {
     require_qemu_iscsi();
     require("qemu-img");
     require("qemu-io");
-    let d = Tgtd::start(TgtdOpts::default());
+    let mut d = Tgtd::start(TgtdOpts::default());
     thin_lun(&d, 64 * MIB);
 
     // A fresh sparse file: nothing is mapped.
@@ -152,10 +155,14 @@ fn get_lba_status_follows_the_file_allocation() {
 #[test]
 fn fully_provisioned_lun_refuses_unmap() {
     require("iscsi-inq");
-    let d = Tgtd::start(TgtdOpts::default());
+    let mut d = Tgtd::start(TgtdOpts::default());
     d.new_target_with_lun(1, IQN, 16 * MIB);
     // Logical Block Provisioning VPD: LBPU, LBPWS and LBPWS10 clear (SBC-3 §6.5.4).
-    let o = run_tool("iscsi-inq", &["-e", "1", "-c", "0xb2", &d.lun_url(IQN, 1)], TIMEOUT);
+    let o = run_tool(
+        "iscsi-inq",
+        &["-e", "1", "-c", "0xb2", &d.lun_url(IQN, 1)],
+        TIMEOUT,
+    );
     assert!(o.success(), "{}", o.describe("iscsi-inq -e 1 -c 0xb2"));
     assert!(
         o.stdout.contains("LBPU:0") || o.stdout.to_lowercase().contains("lbpu:0"),

@@ -222,7 +222,10 @@ pub enum Cdb {
         wrprotect: u8,
     },
     /// UNMAP (SBC-3 §5.28).
-    Unmap { anchor: bool, parameter_list_length: u16 },
+    Unmap {
+        anchor: bool,
+        parameter_list_length: u16,
+    },
     /// COMPARE AND WRITE (SBC-3 §5.2): `blocks` to compare, then write.
     CompareAndWrite {
         lba: u64,
@@ -470,7 +473,9 @@ impl Cdb {
                 fua: b1 & 0x08 != 0,
                 orprotect: b1 >> 5,
             },
-            Opcode::WRITE_AND_VERIFY_10 | Opcode::WRITE_AND_VERIFY_12 | Opcode::WRITE_AND_VERIFY_16 => {
+            Opcode::WRITE_AND_VERIFY_10
+            | Opcode::WRITE_AND_VERIFY_12
+            | Opcode::WRITE_AND_VERIFY_16 => {
                 let (lba, blocks) = lba_and_length(Opcode(op), cdb);
                 Cdb::WriteAndVerify {
                     lba,
@@ -494,8 +499,8 @@ impl Cdb {
                     return Err(invalid(at as u16, None));
                 }
                 Cdb::Sanitize {
-                immed: b1 & 0x80 != 0,
-                ause: b1 & 0x20 != 0,
+                    immed: b1 & 0x80 != 0,
+                    ause: b1 & 0x20 != 0,
                     service_action: b1 & 0x1f,
                     parameter_list_length: be16(cdb, 7),
                 }

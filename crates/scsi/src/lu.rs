@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use crate::cdb::{Cdb, CdbError, Opcode};
+use crate::pr::{NexusIdentity, PrStateError, ProutError, Reservations};
 use crate::sense::{Asc, Sense, SenseKey};
 use crate::status::Status;
-use crate::pr::{NexusIdentity, PrStateError, ProutError, Reservations};
 use crate::xcopy::{self, CopyPlan, CopyStatusTable, LuInfo};
 use crate::{rsoc, sbc, spc};
 
@@ -442,7 +442,8 @@ impl LogicalUnit {
             let mut cfg = self.config.write().unwrap_or_else(|e| e.into_inner());
             let old = cfg.clone();
             f(&mut cfg);
-            if old.size != cfg.size || old.block_size != cfg.block_size || old.lbppbe != cfg.lbppbe {
+            if old.size != cfg.size || old.block_size != cfg.block_size || old.lbppbe != cfg.lbppbe
+            {
                 raised.push(Asc::CAPACITY_DATA_HAS_CHANGED);
             }
             if old.vendor_id != cfg.vendor_id
@@ -842,12 +843,19 @@ impl LogicalUnit {
                         Asc::INVALID_FIELD_IN_CDB,
                     ));
                 };
-                done(xcopy::receive_copy_results(cmd.cdb, &mut n.copies, data_in)?)
+                done(xcopy::receive_copy_results(
+                    cmd.cdb,
+                    &mut n.copies,
+                    data_in,
+                )?)
             }
             Cdb::ExtendedCopy { .. } => {
                 // The target's LU inventory is needed: LunTable::execute routes
                 // EXTENDED COPY to extended_copy with it.
-                Err(Sense::new(SenseKey::COPY_ABORTED, Asc::COPY_TARGET_DEVICE_NOT_REACHABLE))
+                Err(Sense::new(
+                    SenseKey::COPY_ABORTED,
+                    Asc::COPY_TARGET_DEVICE_NOT_REACHABLE,
+                ))
             }
             Cdb::Reserve => match lock(&self.state).reservations.reserve(cmd.nexus) {
                 Ok(()) => done(0),
@@ -914,7 +922,10 @@ impl LogicalUnit {
         let plan = xcopy::parse_extended_copy(cmd.cdb, param, lus)?;
         let mut st = lock(&self.state);
         let Some(n) = st.nexuses.get_mut(&cmd.nexus) else {
-            return Err(Sense::new(SenseKey::COPY_ABORTED, Asc::COPY_TARGET_DEVICE_NOT_REACHABLE));
+            return Err(Sense::new(
+                SenseKey::COPY_ABORTED,
+                Asc::COPY_TARGET_DEVICE_NOT_REACHABLE,
+            ));
         };
         n.copies.begin(&plan)?;
         let Some(seg) = plan.segments.first().copied() else {
@@ -1015,7 +1026,12 @@ impl LogicalUnit {
     /// EIO on read -> MEDIUM ERROR / UNRECOVERED READ ERROR, EIO on write -> MEDIUM
     /// ERROR / WRITE ERROR, EROFS -> WRITE PROTECTED, others -> HARDWARE ERROR /
     /// INTERNAL TARGET FAILURE. A short transfer is reported like EIO.
-    pub fn complete_io(&self, plan: &IoPlan, result: Result<usize, i32>, buf: &mut [u8]) -> Response {
+    pub fn complete_io(
+        &self,
+        plan: &IoPlan,
+        result: Result<usize, i32>,
+        buf: &mut [u8],
+    ) -> Response {
         if plan.sanitize {
             lock(&self.state).sanitize = if result.is_ok() {
                 SanitizeState::Idle
@@ -1039,7 +1055,10 @@ impl LogicalUnit {
                 if n as u64 >= compared {
                     return Response::good(0);
                 }
-                let mut sense = Sense::new(SenseKey::MISCOMPARE, Asc::MISCOMPARE_DURING_VERIFY_OPERATION);
+                let mut sense = Sense::new(
+                    SenseKey::MISCOMPARE,
+                    Asc::MISCOMPARE_DURING_VERIFY_OPERATION,
+                );
                 sense.information = Some(u32::try_from(n).unwrap_or(u32::MAX));
                 return Response::check_condition(sense);
             }
@@ -1060,7 +1079,10 @@ impl LogicalUnit {
                 return if ok {
                     Response::good(0)
                 } else {
-                    Response::check(SenseKey::COPY_ABORTED, Asc::COPY_TARGET_DEVICE_NOT_REACHABLE)
+                    Response::check(
+                        SenseKey::COPY_ABORTED,
+                        Asc::COPY_TARGET_DEVICE_NOT_REACHABLE,
+                    )
                 };
             }
             (IoKind::Flush | IoKind::Unmap | IoKind::WriteSame, Ok(_)) => {

@@ -155,7 +155,16 @@ pub(crate) fn plan(
             fua,
             wrprotect,
             ..
-        } => data_out_plan(cfg, op, IoKind::Write, lba, blocks, fua, wrprotect, data_out),
+        } => data_out_plan(
+            cfg,
+            op,
+            IoKind::Write,
+            lba,
+            blocks,
+            fua,
+            wrprotect,
+            data_out,
+        ),
         Cdb::WriteAndVerify {
             lba,
             blocks,
@@ -169,7 +178,16 @@ pub(crate) fn plan(
             // The verify reads the medium back, so the data must be on it:
             // write through. What was written is what is compared, so the
             // comparison on a file or device store always holds.
-            data_out_plan(cfg, op, IoKind::Write, lba, blocks, true, wrprotect, data_out)
+            data_out_plan(
+                cfg,
+                op,
+                IoKind::Write,
+                lba,
+                blocks,
+                true,
+                wrprotect,
+                data_out,
+            )
         }
         Cdb::WriteAtomic {
             lba,
@@ -192,14 +210,32 @@ pub(crate) fn plan(
             if u64::from(blocks) % unit != 0 {
                 return Err(Sense::invalid_field_in_cdb(12, None));
             }
-            data_out_plan(cfg, op, IoKind::WriteAtomic, lba, blocks, fua, wrprotect, data_out)
+            data_out_plan(
+                cfg,
+                op,
+                IoKind::WriteAtomic,
+                lba,
+                blocks,
+                fua,
+                wrprotect,
+                data_out,
+            )
         }
         Cdb::OrWrite {
             lba,
             blocks,
             fua,
             orprotect,
-        } => data_out_plan(cfg, op, IoKind::OrWrite, lba, blocks, fua, orprotect, data_out),
+        } => data_out_plan(
+            cfg,
+            op,
+            IoKind::OrWrite,
+            lba,
+            blocks,
+            fua,
+            orprotect,
+            data_out,
+        ),
         Cdb::CompareAndWrite {
             lba,
             blocks,
@@ -297,7 +333,9 @@ pub(crate) fn plan(
             let alloc = allocation_length as usize;
             // Room for the header and at least one descriptor, whatever the
             // initiator's buffer: the response is truncated later.
-            let room = alloc.min(data_in_cap).max(GET_LBA_STATUS_HEADER + LBA_STATUS_DESCRIPTOR);
+            let room = alloc
+                .min(data_in_cap)
+                .max(GET_LBA_STATUS_HEADER + LBA_STATUS_DESCRIPTOR);
             let room = room.min(GET_LBA_STATUS_HEADER + 64 * LBA_STATUS_DESCRIPTOR);
             let records = (room - GET_LBA_STATUS_HEADER) / LBA_STATUS_DESCRIPTOR;
             Ok(Outcome::Io(IoPlan {

@@ -237,7 +237,7 @@ fn block_limits(cfg: &LuConfig) -> [u8; 64] {
     let max_blocks = cfg.max_transfer / bs;
     b[8..12].copy_from_slice(&max_blocks.to_be_bytes()); // MAXIMUM TRANSFER LENGTH
     b[12..16].copy_from_slice(&max_blocks.to_be_bytes()); // OPTIMAL TRANSFER LENGTH
-    // MAXIMUM WRITE SAME LENGTH (bytes 36..44).
+                                                          // MAXIMUM WRITE SAME LENGTH (bytes 36..44).
     b[36..44].copy_from_slice(&crate::sbc::max_write_same_blocks(cfg).to_be_bytes());
     if cfg.thin_provisioning {
         // MAXIMUM UNMAP LBA COUNT and MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT are
@@ -539,12 +539,18 @@ pub fn mode_select(
             return Err(Sense::invalid_field_in_parameter_list(at as u16, Some(5)));
         }
         if page.len() != cur_end {
-            return Err(Sense::invalid_field_in_parameter_list(at as u16 + 1, Some(7)));
+            return Err(Sense::invalid_field_in_parameter_list(
+                at as u16 + 1,
+                Some(7),
+            ));
         }
         // Byte 0 carries PS (bit 7), which MODE SELECT ignores.
         for i in 1..page.len() {
             if (page[i] ^ current[i]) & !mask[i] != 0 {
-                return Err(Sense::invalid_field_in_parameter_list((at + i) as u16, None));
+                return Err(Sense::invalid_field_in_parameter_list(
+                    (at + i) as u16,
+                    None,
+                ));
             }
         }
         match code {

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use crate::cdb::{Cdb, Opcode};
 use crate::lu::{Command, DeviceType, LogicalUnit, Outcome, Response};
-use crate::xcopy::LuInfo;
 use crate::out::Out;
 use crate::sense::{Asc, Sense, SenseKey};
 use crate::spc;
+use crate::xcopy::LuInfo;
 
 /// The LUN inventory of one target, including LUN 0 (controller). Built by the target
 /// crate; cheap to clone (Arcs).

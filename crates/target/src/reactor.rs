@@ -30,8 +30,8 @@ use rtgt_iscsi::{
     SendTargetsScope, SessionType, TargetConfig, TaskManagement,
 };
 use rtgt_scsi::{
-    lun_from_wire, pr::NexusIdentity, spc::RELATIVE_TARGET_PORT, Asc, Command, IoKind, IoPlan, LogicalUnit, NexusId, Outcome, PlanBuffer,
-    PlanExtra, Response, SenseKey,
+    lun_from_wire, pr::NexusIdentity, spc::RELATIVE_TARGET_PORT, Asc, Command, IoKind, IoPlan,
+    LogicalUnit, NexusId, Outcome, PlanBuffer, PlanExtra, Response, SenseKey,
 };
 
 use crate::registry::{
@@ -607,13 +607,12 @@ impl Reactor {
             Outcome::Io(plan) => {
                 let store = snap.stores.get(&plan.store_lun.unwrap_or(lun));
                 let source = match plan.source {
-                    Some((src_lun, offset)) => snap
-                        .stores
-                        .get(&src_lun)
-                        .map(|s| Some(CopySource {
+                    Some((src_lun, offset)) => snap.stores.get(&src_lun).map(|s| {
+                        Some(CopySource {
                             store: s.clone(),
                             offset,
-                        })),
+                        })
+                    }),
                     None => Some(None),
                 };
                 let (Some(lu), Some(store), Some(source)) = (snap.table.get(lun), store, source)

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use rtgt_backing::BackingStore;
-use rtgt_scsi::{LogicalUnit, LunTable, NexusId};
 use rtgt_scsi::pr::NexusIdentity;
+use rtgt_scsi::{LogicalUnit, LunTable, NexusId};
 
 use crate::acl::AclEntry;
 
