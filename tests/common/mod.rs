@@ -720,3 +720,31 @@ impl XorShift {
         }
     }
 }
+
+/// Run `tests/libiscsi_client.py` (libiscsi through ctypes, for the commands
+/// libiscsi's tools do not send) as `initiator` against LUN `lun` of `iqn`,
+/// with commands separated by `--`. Panics if the client fails to log in.
+pub fn libiscsi_client(
+    d: &Tgtd,
+    iqn: &str,
+    lun: u32,
+    initiator: &str,
+    commands: &[&str],
+) -> ToolOutput {
+    require("python3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libiscsi_client.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .arg(format!("127.0.0.1:{}", d.port))
+        .arg(iqn)
+        .arg(lun.to_string())
+        .arg(initiator)
+        .args(commands);
+    let out = spawn_command(cmd, "libiscsi_client.py").wait(Duration::from_secs(120));
+    assert!(
+        out.success(),
+        "{}",
+        out.describe(&format!("libiscsi_client {initiator} {commands:?}"))
+    );
+    out
+}

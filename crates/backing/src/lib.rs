@@ -162,6 +162,10 @@ pub struct IoRequest {
     pub len: u64,
     /// Copy only: where the data comes from. Ignored by every other op.
     pub source: Option<CopySource>,
+    /// WriteSame only: write at most this many bytes per second. A SANITIZE
+    /// overwrite of a whole LU runs in the background at a bounded rate so it
+    /// does not starve the I/O of the other LUs on the same medium.
+    pub rate: Option<u64>,
 }
 
 impl IoRequest {
@@ -176,12 +180,19 @@ impl IoRequest {
             fua: false,
             len,
             source: None,
+            rate: None,
         }
     }
 
     /// Set [`fua`](IoRequest::fua).
     pub fn with_fua(mut self, fua: bool) -> IoRequest {
         self.fua = fua;
+        self
+    }
+
+    /// Cap a WriteSame at `bytes_per_second` (see [`rate`](IoRequest::rate)).
+    pub fn with_rate(mut self, bytes_per_second: u64) -> IoRequest {
+        self.rate = Some(bytes_per_second.max(1));
         self
     }
 

@@ -154,6 +154,7 @@ impl Shared {
             fua,
             len,
             source,
+            rate,
         } = req;
         let result = match op {
             _ if self.readonly && op.modifies_medium() => Err(IoError::EROFS),
@@ -171,7 +172,7 @@ impl Shared {
             }
             IoOp::Flush => fdatasync(&self.file).map(|()| 0),
             IoOp::Unmap => self.unmap(offset, len),
-            IoOp::WriteSame => self.write_same(&buf, offset, len, fua),
+            IoOp::WriteSame => self.write_same(&buf, offset, len, fua, rate),
             IoOp::CompareAndWrite => {
                 let _exclusive = self.exclusive_access();
                 self.compare_and_write(&buf, offset, fua)
@@ -305,7 +306,7 @@ impl Shared {
         match punched {
             Ok(()) => Ok(total),
             Err(Errno::EOPNOTSUPP | Errno::EINVAL | Errno::ENOSYS) => {
-                self.fill(&[0], offset, len, false)?;
+                self.fill(&[0], offset, len, false, None)?;
                 Ok(total)
             }
             Err(e) => Err(e.into()),
@@ -319,6 +320,7 @@ impl Shared {
         offset: u64,
         len: u64,
         fua: bool,
+        rate: Option<u64>,
     ) -> Result<usize, IoError> {
         check_pattern(len, pattern)?;
         let total = len_usize(len)?;
@@ -326,7 +328,7 @@ impl Shared {
         if total == 0 {
             return Ok(0);
         }
-        if self.block_device && pattern.iter().all(|&b| b == 0) {
+        if rate.is_none() && self.block_device && pattern.iter().all(|&b| b == 0) {
             let zeroed = {
                 let _shared = self.shared_access();
                 self.fallocate(
@@ -347,13 +349,23 @@ impl Shared {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.fill(pattern, offset, len, fua)?;
+        self.fill(pattern, offset, len, fua, rate)?;
         Ok(total)
     }
 
     /// Write `pattern` repeated over `len` bytes (a multiple of its length)
-    /// at `offset`, one scratch buffer of up to [`CHUNK`] bytes at a time.
-    fn fill(&self, pattern: &[u8], offset: u64, len: u64, fua: bool) -> Result<(), IoError> {
+    /// at `offset`, one scratch buffer of up to [`CHUNK`] bytes at a time, no
+    /// faster than `rate` bytes per second when given (sleeping between
+    /// chunks, with no lock held).
+    fn fill(
+        &self,
+        pattern: &[u8],
+        offset: u64,
+        len: u64,
+        fua: bool,
+        rate: Option<u64>,
+    ) -> Result<(), IoError> {
+        let start = std::time::Instant::now();
         let chunk = chunk_len(pattern.len(), len);
         // Fresh buffers are zeroed: an all-zero pattern needs no copying.
         let mut scratch = AlignedBuf::with_capacity(chunk);
@@ -366,9 +378,18 @@ impl Shared {
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(chunk as u64) as usize;
-            let _shared = self.shared_access();
-            self.write(&scratch[..n], offset + done, fua)?;
+            {
+                let _shared = self.shared_access();
+                self.write(&scratch[..n], offset + done, fua)?;
+            }
             done += n as u64;
+            if let Some(rate) = rate {
+                let due = start + std::time::Duration::from_secs_f64(done as f64 / rate as f64);
+                let now = std::time::Instant::now();
+                if due > now {
+                    thread::sleep(due - now);
+                }
+            }
         }
         Ok(())
     }

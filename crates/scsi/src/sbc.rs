@@ -617,6 +617,12 @@ pub fn lba_status_from_extents(
     out.finish()
 }
 
+/// How fast a SANITIZE OVERWRITE writes, in bytes per second. A sanitize is a
+/// background operation on the whole LU (SBC-3 §4.11: the LU stays NOT READY,
+/// SANITIZE IN PROGRESS until it ends); at full speed it would take all of the
+/// medium's bandwidth from every other LU sharing it.
+pub const SANITIZE_OVERWRITE_RATE: u64 = 128 << 20;
+
 /// SANITIZE service actions (SBC-3 §5.19.1, table 48).
 pub mod sanitize_sa {
     pub const OVERWRITE: u8 = 0x01;

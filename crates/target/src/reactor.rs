@@ -703,6 +703,8 @@ impl Reactor {
                     fua: plan.fua,
                     len: plan.span,
                     source,
+                    rate: (plan.sanitize && plan.kind == IoKind::WriteSame)
+                        .then_some(rtgt_scsi::sbc::SANITIZE_OVERWRITE_RATE),
                 };
                 let tag = self.inflight.insert(InFlight {
                     conn: idx,
