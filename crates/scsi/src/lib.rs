@@ -32,3 +32,5 @@ pub use table::LunTable;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_sbc3;
