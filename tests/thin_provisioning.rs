@@ -152,22 +152,51 @@ fn get_lba_status_follows_the_file_allocation() {
     d.stop();
 }
 
+/// Logical Block Provisioning VPD (SBC-3 §6.5.4) as libiscsi's `iscsi-inq`
+/// decodes it: `key:value` lines.
+fn lbp_vpd(d: &Tgtd) -> String {
+    let o = run_tool(
+        "iscsi-inq",
+        &["-e", "1", "-c", "178", &d.lun_url(IQN, 1)],
+        TIMEOUT,
+    );
+    assert!(o.success(), "{}", o.describe("iscsi-inq -e 1 -c 178"));
+    o.stdout
+}
+
 #[test]
-fn fully_provisioned_lun_refuses_unmap() {
+fn provisioning_vpd_follows_thin_provisioning() {
     require("iscsi-inq");
     let mut d = Tgtd::start(TgtdOpts::default());
     d.new_target_with_lun(1, IQN, 16 * MIB);
-    // Logical Block Provisioning VPD: LBPU, LBPWS and LBPWS10 clear (SBC-3 §6.5.4).
-    let o = run_tool(
-        "iscsi-inq",
-        &["-e", "1", "-c", "0xb2", &d.lun_url(IQN, 1)],
-        TIMEOUT,
-    );
-    assert!(o.success(), "{}", o.describe("iscsi-inq -e 1 -c 0xb2"));
-    assert!(
-        o.stdout.contains("LBPU:0") || o.stdout.to_lowercase().contains("lbpu:0"),
-        "a fully provisioned LUN claims UNMAP:\n{}",
-        o.stdout
-    );
+    // Fully provisioned: no UNMAP, no WRITE SAME unmapping, LBPRZ clear.
+    let vpd = lbp_vpd(&d);
+    for line in ["lbpu:0", "lbpws:0", "lbpws10:0", "provisioning type:0"] {
+        assert!(vpd.lines().any(|l| l == line), "{line} missing:\n{vpd}");
+    }
+    d.adm_ok(&[
+        "--lld",
+        "iscsi",
+        "--op",
+        "update",
+        "--mode",
+        "logicalunit",
+        "--tid",
+        "1",
+        "--lun",
+        "1",
+        "--params",
+        "thin_provisioning=1",
+    ]);
+    let vpd = lbp_vpd(&d);
+    for line in [
+        "lbpu:1",
+        "lbpws:1",
+        "lbpws10:1",
+        "lbprz:1",
+        "provisioning type:2",
+    ] {
+        assert!(vpd.lines().any(|l| l == line), "{line} missing:\n{vpd}");
+    }
     d.stop();
 }
