@@ -2,6 +2,7 @@
 //! SPC-4 §5.14).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use crate::cdb::{Cdb, CdbError, Opcode};
@@ -132,6 +133,11 @@ pub struct LogicalUnit {
     config: RwLock<LuConfig>,
     state: Mutex<LuState>,
     pr_persistence: Mutex<Option<PrPersistence>>,
+    /// Bumped whenever tasks of some I_T nexus are aborted from outside it
+    /// (CLEAR TASK SET, LOGICAL UNIT RESET, target reset, PREEMPT AND ABORT). A
+    /// plan remembers the value it was admitted at; its completion only takes
+    /// the lock to look closer when the value moved.
+    abort_generation: AtomicU64,
 }
 
 /// Mutable per-LU state that commands change.
@@ -171,6 +177,8 @@ struct NexusState {
     prevent_removal: bool,
     /// EXTENDED COPY operations of this nexus, for RECEIVE COPY RESULTS (SPC-4 §6.18).
     copies: CopyStatusTable,
+    /// The abort generation at which this nexus's tasks were last aborted.
+    aborted_at: u64,
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -346,6 +354,10 @@ pub struct IoPlan {
     pub store_lun: Option<u64>,
     /// A SANITIZE: its completion ends the LU's sanitize state (SBC-3 §4.11).
     pub sanitize: bool,
+    /// The I_T nexus of the command, and the LU's abort generation when it was
+    /// admitted: see [`LogicalUnit::abort_tasks_of`].
+    pub nexus: NexusId,
+    pub generation: u64,
     pub extra: PlanExtra,
 }
 
@@ -363,6 +375,8 @@ impl IoPlan {
             source: None,
             store_lun: None,
             sanitize: false,
+            nexus: NexusId(0),
+            generation: 0,
             extra: PlanExtra::None,
         }
     }
@@ -394,7 +408,37 @@ impl LogicalUnit {
                 sanitize: SanitizeState::Idle,
             }),
             pr_persistence: Mutex::new(None),
+            abort_generation: AtomicU64::new(0),
         }
+    }
+
+    /// Abort the tasks of `nexuses` (all when None) from outside them (SAM-5
+    /// §5.6: CLEAR TASK SET, LOGICAL UNIT RESET, target reset; SPC-4 §5.9.11.5:
+    /// PREEMPT AND ABORT): plans already at the store complete with TASK ABORTED
+    /// (TAS=1 in the Control mode page, SPC-4 §7.5.8) instead of their status.
+    pub fn abort_tasks_of(&self, nexuses: Option<&[NexusId]>) {
+        let mut st = lock(&self.state);
+        self.abort_locked(&mut st, nexuses);
+    }
+
+    fn abort_locked(&self, st: &mut LuState, nexuses: Option<&[NexusId]>) {
+        let generation = self.abort_generation.fetch_add(1, Ordering::AcqRel) + 1;
+        for (id, n) in st.nexuses.iter_mut() {
+            if nexuses.is_none_or(|list| list.contains(id)) {
+                n.aborted_at = generation;
+            }
+        }
+    }
+
+    /// Whether the plan's task was aborted after it was admitted.
+    fn aborted(&self, plan: &IoPlan) -> bool {
+        if self.abort_generation.load(Ordering::Acquire) == plan.generation {
+            return false;
+        }
+        lock(&self.state)
+            .nexuses
+            .get(&plan.nexus)
+            .is_some_and(|n| n.aborted_at > plan.generation)
     }
 
     /// Keep APTPL reservation state through `f` from now on.
@@ -483,6 +527,7 @@ impl LogicalUnit {
                 unit_attentions,
                 prevent_removal: false,
                 copies: CopyStatusTable::new(),
+                aborted_at: 0,
             },
         );
     }
@@ -523,6 +568,7 @@ impl LogicalUnit {
         // Resets release an SPC-2 reservation, not persistent ones (SPC-2 §5.5.1,
         // SPC-4 §5.9.1).
         st.reservations.reset();
+        self.abort_locked(&mut st, None);
         for n in st.nexuses.values_mut() {
             n.unit_attentions.clear();
             n.unit_attentions.push_back(asc);
@@ -606,7 +652,13 @@ impl LogicalUnit {
     /// length, capped by the caller) and return Done. Data commands return Io with a
     /// plan. Unit attention, readonly, offline and range checks happen here.
     pub fn execute(&self, cmd: &Command<'_>, data_in: &mut [u8]) -> Outcome {
-        Outcome::from(self.execute_inner(cmd, data_in))
+        let generation = self.abort_generation.load(Ordering::Acquire);
+        let mut outcome = Outcome::from(self.execute_inner(cmd, data_in));
+        if let Outcome::Io(plan) = &mut outcome {
+            plan.nexus = cmd.nexus;
+            plan.generation = generation;
+        }
+        outcome
     }
 
     /// The checks before any command runs, under one lock: a pending unit attention
@@ -946,7 +998,7 @@ impl LogicalUnit {
     /// PERSISTENT RESERVE OUT (SPC-4 §6.16): run it, post the unit attentions it
     /// raised, and keep the APTPL state where the target crate stores it.
     fn persistent_reserve_out(&self, cmd: &Command<'_>, param: &[u8]) -> Result<Outcome, Sense> {
-        let (effects, state) = {
+        let state = {
             let mut st = lock(&self.state);
             let effects = match st
                 .reservations
@@ -966,18 +1018,18 @@ impl LogicalUnit {
                 }
             }
             let state = effects.persist.then(|| st.reservations.aptpl_state());
-            (effects, state)
+            if !effects.abort_nexuses.is_empty() {
+                // PREEMPT AND ABORT (SPC-4 §5.9.11.5): the preempted nexuses'
+                // tasks are aborted; what they still send meets the conflict.
+                self.abort_locked(&mut st, Some(&effects.abort_nexuses));
+            }
+            state
         };
         if let Some(state) = state {
             if let Some(persist) = lock(&self.pr_persistence).as_ref() {
                 persist(state.as_deref());
             }
         }
-        // PREEMPT AND ABORT (SPC-4 §5.9.11.5): the preempted nexuses' tasks are
-        // aborted by the transport; commands of this target complete quickly, so
-        // what is in flight finishes and nothing new of theirs is admitted by the
-        // reservation check above.
-        let _ = effects.abort_nexuses;
         Ok(Outcome::Done(Response::good(0)))
     }
 
@@ -1032,6 +1084,15 @@ impl LogicalUnit {
         result: Result<usize, i32>,
         buf: &mut [u8],
     ) -> Response {
+        // A sanitize goes on through task management (SBC-3 §4.11.2); other
+        // tasks aborted meanwhile report TASK ABORTED.
+        if !plan.sanitize && self.aborted(plan) {
+            return Response {
+                status: Status::TASK_ABORTED,
+                sense: None,
+                data_in_len: 0,
+            };
+        }
         if plan.sanitize {
             lock(&self.state).sanitize = if result.is_ok() {
                 SanitizeState::Idle

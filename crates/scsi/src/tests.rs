@@ -484,6 +484,7 @@ fn read_plans() {
             fua: true,
             transfer_len: 2048,
             span: 2048,
+            nexus: N,
             ..IoPlan::new(IoKind::Read, 0, 0)
         }
     );
@@ -565,6 +566,7 @@ fn write_plans_and_underflow() {
             fua: true,
             transfer_len: 2048,
             span: 2048,
+            nexus: N,
             ..IoPlan::new(IoKind::Read, 0, 0)
         }
     );
@@ -667,6 +669,7 @@ fn verify_and_sync_cache() {
             fua: false,
             transfer_len: 0,
             span: 0,
+            nexus: N,
             ..IoPlan::new(IoKind::Read, 0, 0)
         }
     );
@@ -781,18 +784,7 @@ fn unknown_opcode_and_short_cdbs() {
 #[test]
 fn complete_io_errno_mapping() {
     let lu = disk();
-    let plan = |kind| IoPlan {
-        kind,
-        offset: 0,
-        len: 512,
-        fua: false,
-        transfer_len: 512,
-        span: 512,
-        source: None,
-        store_lun: None,
-        sanitize: false,
-        extra: lu::PlanExtra::None,
-    };
+    let plan = |kind| IoPlan::new(kind, 0, 512);
     let check = |r: Response, k, a| assert_check(&r, k, a);
     check(
         lu.complete_io(&plan(IoKind::Read), Err(lu::errno::EIO), &mut []),
@@ -938,7 +930,7 @@ proptest! {
     fn complete_io_never_panics(len in 0usize..1 << 20, res in any::<Result<usize, i32>>(), k in 0..3u8) {
         let lu = disk();
         let kind = [IoKind::Read, IoKind::Write, IoKind::Flush][usize::from(k)];
-        let r = lu.complete_io(&IoPlan { kind, offset: 0, len, fua: false, transfer_len: len, span: len as u64, source: None, store_lun: None, sanitize: false, extra: lu::PlanExtra::None }, res, &mut []);
+        let r = lu.complete_io(&IoPlan::new(kind, 0, len), res, &mut []);
         prop_assert_eq!(r.status == Status::GOOD, r.sense.is_none());
     }
 }

@@ -469,3 +469,29 @@ fn extended_copy_plans_a_copy_between_lus() {
     let r = src.complete_io(&p, Err(lu::errno::EIO), &mut []);
     assert_eq!(key_asc(&r).0, SenseKey::COPY_ABORTED);
 }
+
+#[test]
+fn tasks_aborted_from_another_nexus_complete_with_task_aborted() {
+    let lu = thin();
+    let w = cdb16(0x8a, 0, 0, 1);
+    let pa = io(exec(&lu, A, &w, &[0u8; 512]));
+    let pb = io(exec(&lu, B, &w, &[0u8; 512]));
+    // CLEAR TASK SET / PREEMPT AND ABORT of B's tasks while both are at the store.
+    lu.abort_tasks_of(Some(&[B]));
+    assert_eq!(lu.complete_io(&pa, Ok(512), &mut []), Response::good(0));
+    // TAS=1 (SPC-4 §7.5.8): B's command ends TASK ABORTED.
+    assert_eq!(
+        lu.complete_io(&pb, Ok(512), &mut []).status,
+        Status::TASK_ABORTED
+    );
+    // Commands admitted afterwards are not affected.
+    let pb2 = io(exec(&lu, B, &w, &[0u8; 512]));
+    assert_eq!(lu.complete_io(&pb2, Ok(512), &mut []), Response::good(0));
+    // A LOGICAL UNIT RESET aborts everyone's tasks; a sanitize goes on.
+    let pa = io(exec(&lu, A, &w, &[0u8; 512]));
+    lu.reset(Asc::BUS_DEVICE_RESET);
+    assert_eq!(
+        lu.complete_io(&pa, Ok(512), &mut []).status,
+        Status::TASK_ABORTED
+    );
+}

@@ -766,7 +766,9 @@ impl Reactor {
                     conn.proto.abort_tasks(Some(tm.lun));
                     if tm.function & 0x7f == CLEAR_TASK_SET {
                         // SAM-5 §7.4: with one task set for all I_T nexuses
-                        // (TST 000b), the others learn their commands are gone.
+                        // (TST 000b) every nexus's tasks go; the others get
+                        // TASK ABORTED (TAS=1) and learn why.
+                        lu.abort_tasks_of(None);
                         lu.raise_unit_attention_except(
                             Asc::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR,
                             Some(nexus),
@@ -793,6 +795,25 @@ impl Reactor {
             }
             _ => NOT_SUPPORTED,
         };
+        if tm.function & 0x7f == TARGET_COLD_RESET && response == FUNCTION_COMPLETE {
+            // RFC 7143 §11.5.1: after a cold reset the target closes all of its
+            // TCP connections to all initiators: this one once the response is
+            // out, the target's other sessions at once.
+            conn.closing = true;
+            let own = sess.sid;
+            if let Some(tid) = sess.target.as_ref().map(|t| t.tid) {
+                let handles: Vec<ConnHandle> = {
+                    let reg = self.shared.registry.lock();
+                    reg.sessions_of(tid)
+                        .filter(|s| s.sid != own)
+                        .flat_map(|s| s.connections.iter().map(|c| c.handle))
+                        .collect()
+                };
+                for h in handles {
+                    self.shared.close_connection(h);
+                }
+            }
+        }
         conn.proto.task_management_response(tm.itt, response);
     }
 
