@@ -1253,8 +1253,10 @@ fn task_management_and_abort() {
         }
         e => panic!("{e:?}"),
     }
-    h.c.abort_task(1);
+    assert!(h.c.abort_task(1));
     assert_eq!(h.c.poll_free_buffer().map(|b| b.len()), Some(65536));
+    // A second ABORT TASK finds nothing: "task does not exist" (§11.6.1).
+    assert!(!h.c.abort_task(1));
     h.c.task_management_response(50, 0);
     let r = h.recv();
     assert_eq!(r[0].op(), Opcode::TASK_MGMT_RESPONSE);
@@ -1273,6 +1275,30 @@ fn task_management_and_abort() {
     );
     assert!(h.recv().is_empty());
     assert_eq!(h.c.poll_free_buffer().map(|b| b.len()), Some(4));
+}
+
+#[test]
+fn abort_tasks_forgets_a_luns_outstanding_commands() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    // Two writes to LUN 1 waiting for their data, one to LUN 2.
+    for itt in [1, 2] {
+        let sn = h.next_sn();
+        h.ok(scsi_bhs(itt, false, true, true, 8192, sn, 0x2a, false), &[]);
+    }
+    let sn = h.next_sn();
+    let mut other = scsi_bhs(3, false, true, true, 8192, sn, 0x2a, false);
+    other.set_u64(8, 0x0002_0000_0000_0000);
+    h.ok(other, &[]);
+    let _ = h.recv();
+    assert_eq!(h.c.abort_tasks(Some(0x0001_0000_0000_0000)), 2);
+    let mut freed = 0;
+    while h.c.poll_free_buffer().is_some() {
+        freed += 1;
+    }
+    assert_eq!(freed, 2, "both buffers of LUN 1's writes come back");
+    assert!(!h.c.abort_task(1));
+    // LUN 2's write is still there; a target reset takes it too.
+    assert_eq!(h.c.abort_tasks(None), 1);
 }
 
 #[test]
