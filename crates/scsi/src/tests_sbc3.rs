@@ -495,3 +495,75 @@ fn tasks_aborted_from_another_nexus_complete_with_task_aborted() {
         Status::TASK_ABORTED
     );
 }
+
+#[test]
+fn orwrite_write_atomic_and_write_and_verify_plans() {
+    let lu = thin();
+    let p = io(exec(&lu, A, &cdb16(0x8b, 0x08, 3, 2), &[0u8; 1024]));
+    assert_eq!(
+        (p.kind, p.offset, p.len, p.fua),
+        (IoKind::OrWrite, 3 * 512, 1024, true)
+    );
+    // WRITE ATOMIC(16): LBA and length in whole atomic units (8 blocks here).
+    let atomic = |lba: u64, blocks: u16| {
+        let mut c = [0u8; 16];
+        c[0] = 0x9c;
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[12..14].copy_from_slice(&blocks.to_be_bytes());
+        c
+    };
+    let p = io(exec(&lu, A, &atomic(8, 8), &[0u8; 4096]));
+    assert_eq!((p.kind, p.len), (IoKind::WriteAtomic, 4096));
+    for (lba, blocks) in [(1, 8), (8, 3)] {
+        let r = done(exec(&lu, A, &atomic(lba, blocks), &[0u8; 4096]));
+        assert_eq!(key_asc(&r).1, Asc::INVALID_FIELD_IN_CDB);
+    }
+    let r = done(exec(&lu, A, &atomic(BLOCKS - 8, 16), &[0u8; 8192]));
+    assert_eq!(key_asc(&r).1, Asc::LBA_OUT_OF_RANGE);
+    // WRITE AND VERIFY(10): a write through to the medium.
+    let wv = [0x2e, 0x02, 0, 0, 0, 9, 0, 0, 1, 0];
+    let p = io(exec(&lu, A, &wv, &[0u8; 512]));
+    assert_eq!((p.kind, p.offset, p.fua), (IoKind::Write, 9 * 512, true));
+    // Every one of them is refused on a write-protected LU.
+    lu.update(|c| c.readonly = true);
+    let _ = exec(&lu, A, &[0; 6], &[]);
+    for (cdb, data) in [
+        (&cdb16(0x8b, 0, 3, 2)[..], &[0u8; 1024][..]),
+        (&atomic(8, 8)[..], &[0u8; 4096][..]),
+        (&wv[..], &[0u8; 512][..]),
+    ] {
+        let r = done(exec(&lu, A, cdb, data));
+        assert_eq!(key_asc(&r), (SenseKey::DATA_PROTECT, Asc::WRITE_PROTECTED));
+    }
+}
+
+#[test]
+fn prefetch_checks_its_range_and_rtpg_reports_one_group() {
+    let lu = thin();
+    let pf = |lba: u32, blocks: u16| {
+        let l = lba.to_be_bytes();
+        let b = blocks.to_be_bytes();
+        [0x34, 0, l[0], l[1], l[2], l[3], 0, b[0], b[1], 0]
+    };
+    assert_eq!(done(exec(&lu, A, &pf(0, 8), &[])).status, Status::GOOD);
+    let r = done(exec(&lu, A, &pf(BLOCKS as u32 - 1, 2), &[]));
+    assert_eq!(key_asc(&r).1, Asc::LBA_OUT_OF_RANGE);
+    // REPORT TARGET PORT GROUPS: one group, active/optimized, one port.
+    let mut buf = vec![0u8; 64];
+    let cdb = [0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0];
+    let r = done(lu.execute(
+        &Command {
+            nexus: A,
+            cdb: &cdb,
+            data_out: &[],
+        },
+        &mut buf,
+    ));
+    assert_eq!(r.data_in_len, 16);
+    assert_eq!(buf[4] & 0x0f, 0, "active/optimized");
+    assert_eq!(u16::from_be_bytes([buf[6], buf[7]]), spc::TARGET_PORT_GROUP);
+    assert_eq!(
+        u16::from_be_bytes([buf[14], buf[15]]),
+        spc::RELATIVE_TARGET_PORT
+    );
+}
