@@ -179,51 +179,22 @@ const LBPPB_ONE_TESTS: &[&str] = &["ALL.GetLBAStatus.UnmapSingle"];
 /// LUN 1 thin-provisioned, LUN 2 removable, LUN 3 read-only, and a second portal
 /// address (127.0.0.2) for the MultipathIO suite.
 fn profile(d: &Tgtd) {
-    let adm = |args: &[&str]| {
-        let mut v = vec!["--lld", "iscsi"];
-        v.extend_from_slice(args);
-        d.adm_ok(&v);
-    };
-    adm(&["--op", "new", "--mode", "target", "--tid", "1", "-T", IQN]);
+    d.new_target(1, IQN);
     for (lun, params) in [
-        ("1", "thin_provisioning=1"),
-        ("2", "removable=1"),
-        ("3", "readonly=1"),
+        (1, "thin_provisioning=1"),
+        (2, "removable=1"),
+        (3, "readonly=1"),
         // Not in the shared profile: see LBPPB_ONE_TESTS.
-        ("4", "thin_provisioning=1,lbppbe=0"),
+        (4, "thin_provisioning=1,lbppbe=0"),
     ] {
-        let path = d.sparse_file(GIB);
-        let path = path.to_string_lossy();
-        adm(&[
-            "--op",
-            "new",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            lun,
-            "-b",
-            &path,
-        ]);
-        adm(&[
-            "--op",
-            "update",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            lun,
-            "--params",
-            params,
-        ]);
+        d.new_lun(1, lun, &d.sparse_file(GIB));
+        d.lu_params(1, lun, params);
     }
-    adm(&[
-        "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
-    ]);
+    d.bind_all(1);
     let second = format!("portal=127.0.0.2:{}", d.port);
-    adm(&["--op", "new", "--mode", "portal", "--param", &second]);
+    d.adm_ok(&[
+        "--lld", "iscsi", "--op", "new", "--mode", "portal", "--param", &second,
+    ]);
 }
 
 #[test]

@@ -29,28 +29,9 @@ fn lines(out: &ToolOutput) -> Vec<&str> {
 }
 
 fn lun_on(d: &Tgtd, path: &Path) {
-    let p = path.to_string_lossy();
-    let adm = |args: &[&str]| {
-        let mut v = vec!["--lld", "iscsi"];
-        v.extend_from_slice(args);
-        d.adm_ok(&v);
-    };
-    adm(&["--op", "new", "--mode", "target", "--tid", "1", "-T", IQN]);
-    adm(&[
-        "--op",
-        "new",
-        "--mode",
-        "logicalunit",
-        "--tid",
-        "1",
-        "--lun",
-        "1",
-        "-b",
-        &p,
-    ]);
-    adm(&[
-        "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
-    ]);
+    d.new_target(1, IQN);
+    d.new_lun(1, 1, path);
+    d.bind_all(1);
 }
 
 fn backing_file(dir: &Path) -> PathBuf {

@@ -32,20 +32,7 @@ fn qemu_io(d: &Tgtd, cmd: &str) {
 
 fn thin_lun(d: &Tgtd, size: u64) -> std::path::PathBuf {
     let path = d.new_target_with_lun(1, IQN, size);
-    d.adm_ok(&[
-        "--lld",
-        "iscsi",
-        "--op",
-        "update",
-        "--mode",
-        "logicalunit",
-        "--tid",
-        "1",
-        "--lun",
-        "1",
-        "--params",
-        "thin_provisioning=1",
-    ]);
+    d.lu_params(1, 1, "thin_provisioning=1");
     path
 }
 
@@ -174,20 +161,7 @@ fn provisioning_vpd_follows_thin_provisioning() {
     for line in ["lbpu:0", "lbpws:0", "lbpws10:0", "provisioning type:0"] {
         assert!(vpd.lines().any(|l| l == line), "{line} missing:\n{vpd}");
     }
-    d.adm_ok(&[
-        "--lld",
-        "iscsi",
-        "--op",
-        "update",
-        "--mode",
-        "logicalunit",
-        "--tid",
-        "1",
-        "--lun",
-        "1",
-        "--params",
-        "thin_provisioning=1",
-    ]);
+    d.lu_params(1, 1, "thin_provisioning=1");
     let vpd = lbp_vpd(&d);
     for line in [
         "lbpu:1",

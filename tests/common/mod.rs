@@ -630,6 +630,61 @@ impl Tgtd {
         path
     }
 
+    /// `tgtadm --op new --mode target`.
+    pub fn new_target(&self, tid: u32, iqn: &str) {
+        let tid = tid.to_string();
+        self.adm_ok(&[
+            "--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", &tid, "-T", iqn,
+        ]);
+    }
+
+    /// `tgtadm --op new --mode logicalunit` on the file `path`.
+    pub fn new_lun(&self, tid: u32, lun: u32, path: &Path) {
+        let (tid, lun) = (tid.to_string(), lun.to_string());
+        let path = path.to_string_lossy();
+        self.adm_ok(&[
+            "--lld",
+            "iscsi",
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            &tid,
+            "--lun",
+            &lun,
+            "-b",
+            &path,
+        ]);
+    }
+
+    /// `tgtadm --op update --mode logicalunit --params PARAMS`.
+    pub fn lu_params(&self, tid: u32, lun: u32, params: &str) {
+        let (tid, lun) = (tid.to_string(), lun.to_string());
+        self.adm_ok(&[
+            "--lld",
+            "iscsi",
+            "--op",
+            "update",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            &tid,
+            "--lun",
+            &lun,
+            "--params",
+            params,
+        ]);
+    }
+
+    /// `tgtadm --op bind --mode target -I ALL`.
+    pub fn bind_all(&self, tid: u32) {
+        let tid = tid.to_string();
+        self.adm_ok(&[
+            "--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", &tid, "-I", "ALL",
+        ]);
+    }
+
     /// Creates target `tid` named `iqn`, LUN 1 on a new sparse file of
     /// `size` bytes, and binds it to all initiators. Returns the file.
     pub fn new_target_with_lun(&self, tid: u32, iqn: &str, size: u64) -> PathBuf {
