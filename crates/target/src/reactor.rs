@@ -617,8 +617,15 @@ impl Reactor {
                 };
                 let (Some(lu), Some(store), Some(source)) = (snap.table.get(lun), store, source)
                 else {
-                    let resp =
-                        Response::check(SenseKey::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE);
+                    // The store went away under the plan (an LU deleted by
+                    // tgtadm at this instant): the plan still ends on the one
+                    // completion path, so copy and sanitize state is settled.
+                    let resp = match snap.table.get(lun) {
+                        Some(lu) => lu.complete_io(&plan, Err(libc::ENXIO), &mut []),
+                        None => {
+                            Response::check(SenseKey::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE)
+                        }
+                    };
                     finish(
                         &mut conn.proto,
                         cmd.itt,
