@@ -65,7 +65,7 @@ impl LunTable {
             return Outcome::Done(self.report_luns(cmd, data_in));
         }
         if let Some(lu) = self.luns.get(&lun) {
-            if op == Some(Opcode::EXTENDED_COPY) && lu.config().device_type == DeviceType::Disk {
+            if op == Some(Opcode::EXTENDED_COPY) && lu.cfg().device_type == DeviceType::Disk {
                 // The copy manager needs every LU a copy may name (SPC-4 §6.4.5):
                 // the disks of this target that are ready.
                 let lus: Vec<LuInfo> = self
