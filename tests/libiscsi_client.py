@@ -13,6 +13,8 @@ Commands (one session for all of them, run in order, separated by '--'):
   write LBA BYTE                 WRITE(10) of one 512-byte block filled with BYTE
   read LBA                       prints "read: B" (first byte of the block)
   xcopy SRC DST N                EXTENDED COPY of N blocks from LBA SRC to LBA DST
+  hold-sessions N SECONDS        log N more sessions in (initiator names NAME-0 ...),
+                                 keep them idle for SECONDS, then leave
   caw-count LBA N                N rounds of: READ the block, COMPARE AND WRITE it from
                                  its counter value v to v+1; prints "caw: WINS MISSES"
 Every command prints "status: S" (the SCSI status, 0 GOOD, 2 CHECK CONDITION,
@@ -257,6 +259,27 @@ def main():
                     break
             print("status: 0")
             print(f"caw: {wins} {misses}")
+        elif op == "hold-sessions":
+            import resource
+            import time
+            n, seconds = int(args[0]), float(args[1])
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 64)), hard))
+            held = []
+            for i in range(n):
+                c = lib.iscsi_create_context(f"{initiator}-{i}".encode())
+                lib.iscsi_set_targetname(c, iqn.encode())
+                lib.iscsi_set_session_type(c, ISCSI_SESSION_NORMAL)
+                if lib.iscsi_full_connect_sync(c, portal.encode(), lun) != 0:
+                    print("login failed:", lib.iscsi_get_error(c).decode(), flush=True)
+                    sys.exit(1)
+                held.append(c)
+            print("status: 0")
+            print(f"sessions: {len(held)}", flush=True)
+            time.sleep(seconds)
+            for c in held:
+                lib.iscsi_logout_sync(c)
+                lib.iscsi_destroy_context(c)
         elif op == "xcopy":
             print("status:", extended_copy(ctx, lun, int(args[0]), int(args[1]), int(args[2])))
         else:

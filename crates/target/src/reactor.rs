@@ -49,6 +49,9 @@ const TIMER_TICK: Duration = Duration::from_millis(250);
 /// Extra receive-buffer room beyond one maximal PDU, so a read can pull in
 /// several small PDUs at once.
 const RECV_SLACK: usize = 64 * 1024;
+/// Receive buffers a reactor keeps for reuse. Only connections with a partial
+/// PDU hold one, so a few serve any number of idle connections.
+const RECV_POOL_MAX: usize = 64;
 /// Output PDUs queued for a peer before we stop reading its input: a peer
 /// that sends (NOP-Out pings, say) but never reads must not grow our memory.
 /// Reading resumes once the queue drains below half.
@@ -144,6 +147,9 @@ struct Conn {
     local: SocketAddr,
     generation: u64,
     proto: Connection<AlignedBuf>,
+    /// Receive buffer, held only while it holds unparsed input: a connection
+    /// with nothing pending gives it back to the reactor's pool, so idle
+    /// sessions cost no receive buffer at all.
     rbuf: Vec<u8>,
     rstart: usize,
     rend: usize,
@@ -200,6 +206,8 @@ pub struct Reactor {
     load: Arc<AtomicUsize>,
     conns: Slab<Conn>,
     pool: BufPool,
+    /// Receive buffers not held by any connection (see `Conn::rbuf`).
+    recv_pool: Vec<Vec<u8>>,
     inflight: Slab<InFlight>,
     done_tx: CompletionSender,
     done_rx: CompletionReceiver,
@@ -244,6 +252,7 @@ impl Reactor {
                 load,
                 conns: Slab::new(),
                 pool: BufPool::new(),
+                recv_pool: Vec::new(),
                 inflight: Slab::new(),
                 done_tx,
                 done_rx,
@@ -342,7 +351,6 @@ impl Reactor {
             return;
         }
         let proto = Connection::new(self.shared.iscsi.clone(), Instant::now());
-        let cap = recv_capacity(&proto);
         let generation = self.next_generation;
         self.next_generation += 1;
         entry.insert(Conn {
@@ -351,7 +359,7 @@ impl Reactor {
             local,
             generation,
             proto,
-            rbuf: vec![0; cap],
+            rbuf: Vec::new(),
             rstart: 0,
             rend: 0,
             session: None,
@@ -391,9 +399,13 @@ impl Reactor {
                 conn.paused = true;
                 return;
             }
-            // Keep room for one maximal PDU: compact, then grow to the
-            // negotiated limit (never beyond it: the limit is ours).
+            // Keep room for one maximal PDU: take a buffer from the pool,
+            // compact, then grow to the negotiated limit (never beyond it: the
+            // limit is ours).
             let want = recv_capacity(&conn.proto);
+            if conn.rbuf.is_empty() {
+                conn.rbuf = self.recv_pool.pop().unwrap_or_default();
+            }
             if conn.rbuf.len() < want {
                 conn.rbuf.resize(want, 0);
             }
@@ -408,7 +420,12 @@ impl Reactor {
                     return;
                 }
                 Ok(n) => conn.rend += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if conn.rstart == conn.rend {
+                        release_recv_buffer(&mut self.recv_pool, conn);
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     debug!("read from {}: {e}", conn.peer);
@@ -428,6 +445,7 @@ impl Reactor {
                     if conn.rstart == conn.rend {
                         conn.rstart = 0;
                         conn.rend = 0;
+                        release_recv_buffer(&mut self.recv_pool, conn);
                     }
                 }
                 Err(e) => {
@@ -997,10 +1015,22 @@ fn recv_capacity(proto: &Connection<AlignedBuf>) -> usize {
         }
 }
 
+/// Nothing is pending in `conn`'s receive buffer: give it back to the pool
+/// (or free it when the pool is full).
+fn release_recv_buffer(pool: &mut Vec<Vec<u8>>, conn: &mut Conn) {
+    conn.rstart = 0;
+    conn.rend = 0;
+    let buf = std::mem::take(&mut conn.rbuf);
+    if pool.len() < RECV_POOL_MAX && !buf.is_empty() {
+        pool.push(buf);
+    }
+}
+
 /// Read and drop what a lingering connection still sends. Returns true when
 /// there may be more to read; sets `dead` on EOF or error.
 fn discard_input(conn: &mut Conn) -> bool {
-    match conn.stream.read(&mut conn.rbuf[..]) {
+    let mut scratch = [0u8; 4096];
+    match conn.stream.read(&mut scratch) {
         Ok(0) => {
             conn.dead = true;
             false
