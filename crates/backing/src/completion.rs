@@ -1,9 +1,16 @@
 //! The one completion path every store uses: a queue plus an eventfd that the
 //! owning reactor has registered in its mio loop (DESIGN.md, "Backing stores").
 //!
-//! Any thread (a rdwr worker, an AIO/io_uring reaper, or the reactor itself
-//! for inline engines) pushes an [`IoCompletion`] and bumps the eventfd; the
-//! reactor sees the fd readable, resets the counter and drains the queue.
+//! Any thread (a rdwr worker, or the reactor itself for inline engines)
+//! pushes an [`IoCompletion`] and bumps the eventfd; the reactor sees the fd
+//! readable, resets the counter and drains the queue.
+//!
+//! The channel also owns the reactor's kernel I/O contexts (one Linux AIO
+//! context, one io_uring ring, created on first use by an `aio` / `io_uring`
+//! store, see `engine.rs`). Both notify through this same eventfd
+//! (`IOCB_FLAG_RESFD`, `IORING_REGISTER_EVENTFD`), and [`CompletionReceiver::drain`]
+//! reaps them too, so the reactor polls one fd and drains one path whatever
+//! the engine.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,11 +19,22 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use nix::errno::Errno;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::engine::Engines;
 use crate::IoCompletion;
 
-struct Shared {
+pub(crate) struct Shared {
+    /// The AIO / io_uring contexts of this reactor. Declared before `eventfd`
+    /// so they are torn down (waiting for their in-flight I/O) first.
+    ///
+    /// Single issuer in practice: stores submit on the reactor thread that
+    /// owns this channel and only its `drain` reaps, so the lock is
+    /// uncontended; it is a `Mutex` because a `CompletionSender` is `Sync`
+    /// and may be used from any thread (tests, a store's `close`).
+    engines: Mutex<Engines>,
+    /// Set once any engine context exists: until then `drain` skips the lock.
+    engines_used: AtomicBool,
     queue: Mutex<Vec<IoCompletion>>,
-    eventfd: EventFd,
+    pub(crate) eventfd: EventFd,
     /// Cleared when the receiver is dropped: completions are then freed at
     /// once instead of piling up where nobody will drain them.
     receiver_alive: AtomicBool,
@@ -28,6 +46,27 @@ impl Shared {
     fn queue(&self) -> MutexGuard<'_, Vec<IoCompletion>> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Lock the engine contexts (poisoning ignored as for the queue: the
+    /// slab and FIFO are updated with no panicking step in between). Marks
+    /// them used, so `drain` reaps from now on.
+    pub(crate) fn engines(&self) -> MutexGuard<'_, Engines> {
+        self.engines_used.store(true, Ordering::Release);
+        self.engines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reap finished engine I/O from any thread (a store's `close`): the
+    /// completions go through the queue like any other.
+    pub(crate) fn reap_into_queue(self: &Arc<Self>) {
+        let tx = CompletionSender {
+            shared: Arc::clone(self),
+        };
+        let mut out = Vec::new();
+        self.engines().reap(&tx, &mut out);
+        for c in out {
+            tx.send(c);
+        }
+    }
 }
 
 /// One completion channel per reactor. Any thread may send; the reactor
@@ -37,6 +76,8 @@ pub fn completion_channel() -> std::io::Result<(CompletionSender, CompletionRece
     let eventfd = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
         .map_err(std::io::Error::from)?;
     let shared = Arc::new(Shared {
+        engines: Mutex::new(Engines::default()),
+        engines_used: AtomicBool::new(false),
         queue: Mutex::new(Vec::with_capacity(256)),
         eventfd,
         receiver_alive: AtomicBool::new(true),
@@ -52,7 +93,7 @@ pub fn completion_channel() -> std::io::Result<(CompletionSender, CompletionRece
 /// The sending half: cheap to clone (one `Arc`), `Send + Sync`.
 #[derive(Clone)]
 pub struct CompletionSender {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for CompletionSender {
@@ -115,7 +156,8 @@ impl AsFd for CompletionReceiver {
 }
 
 impl CompletionReceiver {
-    /// Reset the eventfd counter (ignore EAGAIN) and move every queued
+    /// Reset the eventfd counter (ignore EAGAIN), reap what the reactor's AIO
+    /// context and io_uring ring have finished, and move every queued
     /// completion into `out` (append).
     ///
     /// The counter is reset *before* the queue is taken: a completion pushed
@@ -129,6 +171,14 @@ impl CompletionReceiver {
             // Nothing else can fail for an eventfd read of 8 bytes; the queue
             // below is the truth either way.
             Err(_) => {}
+        }
+        // Reaped after the reset: the kernel signals the eventfd after it
+        // posts each event, so one that lands after the reap re-arms the fd.
+        if self.shared.engines_used.load(Ordering::Acquire) {
+            let tx = CompletionSender {
+                shared: Arc::clone(&self.shared),
+            };
+            self.shared.engines().reap(&tx, out);
         }
         out.append(&mut self.shared.queue());
     }

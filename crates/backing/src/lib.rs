@@ -14,6 +14,11 @@
 //!   (`tgtd -t`, default 16), `O_SYNC`/`O_DIRECT` from `--bsoflags`.
 //! * `null` ([`StoreKind::Null`]): reads zeros, discards writes, completes
 //!   at once. Its size is tgt's: 1 TiB.
+//! * `aio` ([`StoreKind::Aio`]) and `io_uring` ([`StoreKind::IoUring`]):
+//!   Read, Write and Flush through the reactor's Linux AIO context or
+//!   io_uring ring, which live in its completion channel and signal its
+//!   eventfd; every other op through an inner rdwr store on the same file
+//!   (`engine.rs` says how atomicity is kept).
 //!
 //! Besides READ, WRITE and SYNCHRONIZE CACHE, [`IoOp`] has what the SBC-3
 //! commands beyond them need from the medium: Unmap and Extents (thin
@@ -23,11 +28,14 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod aio;
 mod buf;
 mod completion;
+mod engine;
 mod null;
 mod ops;
 mod rdwr;
+mod uring;
 
 #[cfg(test)]
 mod suite;
@@ -333,7 +341,7 @@ impl From<std::io::Error> for IoError {
 
 /// A backing store: the engine behind one logical unit.
 pub trait BackingStore: Send + Sync {
-    /// tgt's bstype name: "rdwr", "null".
+    /// tgt's bstype name: "rdwr", "null", "aio", "io_uring".
     fn name(&self) -> &'static str;
     /// Size in bytes (regular file length, or BLKGETSIZE64 for a block device),
     /// taken when the store is opened.
@@ -374,17 +382,28 @@ pub enum StoreKind {
     Rdwr,
     /// "null": no storage at all.
     Null,
+    /// "aio": Linux native AIO, one context per reactor (tgt `bs_aio.c`).
+    Aio,
+    /// "io_uring": one io_uring ring per reactor.
+    IoUring,
 }
 
 impl StoreKind {
     /// Every kind this crate can open, for `tgtadm --op show --mode system`.
-    pub const ALL: &'static [StoreKind] = &[StoreKind::Rdwr, StoreKind::Null];
+    pub const ALL: &'static [StoreKind] = &[
+        StoreKind::Rdwr,
+        StoreKind::Null,
+        StoreKind::Aio,
+        StoreKind::IoUring,
+    ];
 
     /// tgt's bstype name.
     pub fn as_str(self) -> &'static str {
         match self {
             StoreKind::Rdwr => "rdwr",
             StoreKind::Null => "null",
+            StoreKind::Aio => "aio",
+            StoreKind::IoUring => "io_uring",
         }
     }
 }
@@ -395,6 +414,8 @@ impl std::str::FromStr for StoreKind {
         match s {
             "rdwr" => Ok(StoreKind::Rdwr),
             "null" => Ok(StoreKind::Null),
+            "aio" => Ok(StoreKind::Aio),
+            "io_uring" => Ok(StoreKind::IoUring),
             other => Err(BackingError::UnknownType(other.to_string())),
         }
     }
@@ -462,7 +483,8 @@ pub enum BackingError {
 /// Open a store of the given kind.
 ///
 /// `null` has tgt's fixed size, [`NULL_STORE_SIZE`] = 1 TiB
-/// (`NULL_BS_DEV_SIZE` in fujita/tgt `usr/bs_null.c`).
+/// (`NULL_BS_DEV_SIZE` in fujita/tgt `usr/bs_null.c`). `aio` and `io_uring`
+/// fall back to `rdwr` (with a warning) where the kernel gives no context.
 pub fn open_store(
     kind: StoreKind,
     opts: &OpenOptions,
@@ -470,5 +492,7 @@ pub fn open_store(
     match kind {
         StoreKind::Rdwr => Ok(Arc::new(rdwr::RdwrStore::open(opts)?)),
         StoreKind::Null => Ok(Arc::new(null::NullStore::new(opts.readonly))),
+        StoreKind::Aio => engine::EngineStore::open(engine::EngineKind::Aio, opts),
+        StoreKind::IoUring => engine::EngineStore::open(engine::EngineKind::Uring, opts),
     }
 }

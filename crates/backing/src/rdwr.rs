@@ -46,7 +46,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,6 +83,10 @@ nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
 struct Job {
     req: IoRequest,
     done: CompletionSender,
+    /// Run on the worker once the request has executed, just before its
+    /// completion is sent (the `aio` / `io_uring` stores count their
+    /// exclusive ops with it, see `engine.rs`).
+    after: Option<AfterHook>,
 }
 
 struct Queue {
@@ -90,6 +94,9 @@ struct Queue {
     /// Set by `close`: no new requests, workers exit once `pending` is empty.
     closed: bool,
 }
+
+/// A hook run when a job has executed (see [`Job::after`]).
+pub(crate) type AfterHook = Box<dyn FnOnce() + Send>;
 
 /// What the workers share with the store.
 struct Shared {
@@ -137,10 +144,14 @@ impl Shared {
                     q = self.work.wait(q).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            let Some(Job { req, done }) = job else {
+            let Some(Job { req, done, after }) = job else {
                 return;
             };
-            done.send(self.execute(req));
+            let completion = self.execute(req);
+            if let Some(after) = after {
+                after();
+            }
+            done.send(completion);
         }
     }
 
@@ -665,6 +676,43 @@ impl RdwrStore {
         Ok(store)
     }
 
+    /// [`BackingStore::submit`], running `after` on the worker once the
+    /// request has executed (or at once, if the store is closed), before its
+    /// completion is sent.
+    pub(crate) fn submit_then(
+        &self,
+        req: IoRequest,
+        done: &CompletionSender,
+        after: Option<AfterHook>,
+    ) {
+        let mut q = self.shared.queue();
+        if q.closed {
+            drop(q);
+            if let Some(after) = after {
+                after();
+            }
+            complete_closed(req, done);
+            return;
+        }
+        q.pending.push_back(Job {
+            req,
+            done: done.clone(),
+            after,
+        });
+        drop(q);
+        self.shared.work.notify_one();
+    }
+
+    /// The descriptor opened with the requested bsoflags, and for `O_DIRECT`
+    /// stores the buffered one beside it (see the module comment). Both stay
+    /// open as long as this store exists, also after `close`.
+    pub(crate) fn raw_fds(&self) -> (RawFd, Option<RawFd>) {
+        (
+            self.shared.file.as_raw_fd(),
+            self.shared.buffered.as_ref().map(|f| f.as_raw_fd()),
+        )
+    }
+
     fn workers(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
         self.workers.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -680,18 +728,7 @@ impl BackingStore for RdwrStore {
     }
 
     fn submit(&self, req: IoRequest, done: &CompletionSender) {
-        let mut q = self.shared.queue();
-        if q.closed {
-            drop(q);
-            complete_closed(req, done);
-            return;
-        }
-        q.pending.push_back(Job {
-            req,
-            done: done.clone(),
-        });
-        drop(q);
-        self.shared.work.notify_one();
+        self.submit_then(req, done, None);
     }
 
     fn close(&self) {
@@ -708,7 +745,10 @@ impl BackingStore for RdwrStore {
         // Workers drain the queue before exiting; only if they all died is
         // something left. Its completions must still be delivered.
         let leftover = std::mem::take(&mut self.shared.queue().pending);
-        for Job { req, done } in leftover {
+        for Job { req, done, after } in leftover {
+            if let Some(after) = after {
+                after();
+            }
             complete_closed(req, &done);
         }
         if !self.shared.readonly {
@@ -768,14 +808,14 @@ fn block_device_size(file: &File) -> std::io::Result<u64> {
 }
 
 /// Whether the kernel can take this I/O with `O_DIRECT` on a 512-byte-sector device.
-fn direct_io_aligned(addr: *const u8, offset: u64, len: usize) -> bool {
+pub(crate) fn direct_io_aligned(addr: *const u8, offset: u64, len: usize) -> bool {
     (addr as usize) % DIRECT_IO_ALIGN == 0
         && offset % DIRECT_IO_ALIGN as u64 == 0
         && len % DIRECT_IO_ALIGN == 0
 }
 
 /// Offsets are `off_t`: the whole transfer must end below `i64::MAX`.
-fn check_range(offset: u64, len: usize) -> Result<(), IoError> {
+pub(crate) fn check_range(offset: u64, len: usize) -> Result<(), IoError> {
     match offset.checked_add(len as u64) {
         Some(end) if end <= i64::MAX as u64 => Ok(()),
         _ => Err(IoError::EINVAL),

@@ -247,6 +247,7 @@ pub(crate) fn store_suite(open: Opener<'_>, opts: &OpenOptions, persistent: bool
     );
 
     concurrent(&store, persistent);
+    burst(&store, persistent);
 
     let holes = holes.then_some(opts.path.as_path());
     sbc_ops(&store, &mut io, persistent, holes);
@@ -735,6 +736,75 @@ fn concurrent(store: &Arc<dyn BackingStore>, persistent: bool) {
     assert!(seen.values().all(|&n| n == 1));
 }
 
+/// More requests at once than a kernel queue holds (AIO: 128 per context),
+/// from one submitter: every one completes within [`WAIT`], exactly once,
+/// with its own buffer (same allocation, same tag), and the data lands.
+fn burst(store: &Arc<dyn BackingStore>, persistent: bool) {
+    const N: u64 = 600;
+    const LEN: usize = 4096;
+    let base = 1 << 20; // 600 × 4 KiB slots from 1 MiB: inside 4 MiB
+    let (tx, mut rx) = completion_channel().expect("eventfd");
+    let size = store.size();
+    let n = N.min((size - base) / LEN as u64);
+    assert!(n > 128, "suite store too small for the burst");
+    let started = Instant::now();
+    let mut addrs = HashMap::new();
+    for tag in 0..n {
+        let buf = buf_from(&pattern(5000 + tag, LEN));
+        addrs.insert(tag, buf.as_ptr() as usize);
+        let req = IoRequest::new(tag, IoOp::Write, base + tag * LEN as u64, buf);
+        store.submit(req.with_fua(tag % 50 == 0), &tx);
+    }
+    let done = collect(&mut rx, n as usize);
+    let mut seen = HashMap::new();
+    for c in done {
+        assert_eq!(c.result, Ok(LEN), "write {}", c.tag);
+        assert_eq!(
+            addrs.get(&c.tag),
+            Some(&(c.buf.as_ptr() as usize)),
+            "own buffer"
+        );
+        assert!(c.buf[..] == pattern(5000 + c.tag, LEN)[..], "own data");
+        *seen.entry(c.tag).or_insert(0) += 1;
+    }
+    assert!(seen.len() == n as usize && seen.values().all(|&k| k == 1));
+    addrs.clear();
+    for tag in 0..n {
+        let mut buf = AlignedBuf::with_capacity(LEN);
+        buf.set_len(LEN);
+        buf.fill(0xEE);
+        addrs.insert(tag, buf.as_ptr() as usize);
+        store.submit(
+            IoRequest::new(tag, IoOp::Read, base + tag * LEN as u64, buf),
+            &tx,
+        );
+    }
+    let done = collect(&mut rx, n as usize);
+    seen.clear();
+    for c in done {
+        assert_eq!(c.result, Ok(LEN), "read {}", c.tag);
+        assert_eq!(
+            addrs.get(&c.tag),
+            Some(&(c.buf.as_ptr() as usize)),
+            "own buffer"
+        );
+        if persistent {
+            assert!(
+                c.buf[..] == pattern(5000 + c.tag, LEN)[..],
+                "data {}",
+                c.tag
+            );
+        }
+        *seen.entry(c.tag).or_insert(0) += 1;
+    }
+    assert!(seen.len() == n as usize && seen.values().all(|&k| k == 1));
+    assert!(
+        started.elapsed() < WAIT,
+        "burst took {:?}",
+        started.elapsed()
+    );
+}
+
 /// The 4 KiB slot a tag of `concurrent` writes: all within the first MiB.
 fn slot(tag: u64) -> u64 {
     (tag / 1000) * 64 + tag % 1000
@@ -756,6 +826,72 @@ fn suite_rdwr() {
         ..OpenOptions::new(&path)
     };
     store_suite(&|o| open_store(StoreKind::Rdwr, o), &opts, true, true);
+}
+
+#[test]
+fn suite_aio() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = sparse_file(dir.path(), 4 << 20);
+    let opts = OpenOptions {
+        worker_threads: 4,
+        ..OpenOptions::new(&path)
+    };
+    let store = open_store(StoreKind::Aio, &opts).expect("open");
+    assert_eq!(store.name(), "aio");
+    drop(store);
+    store_suite(&|o| open_store(StoreKind::Aio, o), &opts, true, true);
+}
+
+#[test]
+fn suite_io_uring() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = sparse_file(dir.path(), 4 << 20);
+    let opts = OpenOptions {
+        worker_threads: 4,
+        ..OpenOptions::new(&path)
+    };
+    let store = open_store(StoreKind::IoUring, &opts).expect("open");
+    // "rdwr" where the kernel has io_uring disabled (the fallback).
+    let enabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map_or(true, |v| v.trim() == "0");
+    if enabled {
+        assert_eq!(store.name(), "io_uring");
+    } else {
+        assert!(["io_uring", "rdwr"].contains(&store.name()));
+    }
+    drop(store);
+    store_suite(&|o| open_store(StoreKind::IoUring, o), &opts, true, true);
+}
+
+#[test]
+fn suite_engines_sync() {
+    for kind in [StoreKind::Aio, StoreKind::IoUring] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = sparse_file(dir.path(), 4 << 20);
+        let opts = OpenOptions {
+            sync: true,
+            worker_threads: 1,
+            ..OpenOptions::new(&path)
+        };
+        store_suite(&|o| open_store(kind, o), &opts, true, true);
+    }
+}
+
+/// The engines on tmpfs (/dev/shm), where tgtd's end-to-end tests put LUNs.
+#[test]
+fn suite_engines_tmpfs() {
+    for kind in [StoreKind::Aio, StoreKind::IoUring] {
+        let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("skipping tmpfs suite: no temp dir under /dev/shm");
+            return;
+        };
+        let path = sparse_file(dir.path(), 4 << 20);
+        let opts = OpenOptions {
+            worker_threads: 3,
+            ..OpenOptions::new(&path)
+        };
+        store_suite(&|o| open_store(kind, o), &opts, true, true);
+    }
 }
 
 #[test]
@@ -938,6 +1074,20 @@ fn suite_null() {
 /// O_DIRECT on a real file system (/var/tmp; tmpfs refuses O_DIRECT).
 #[test]
 fn suite_rdwr_direct() {
+    suite_direct(StoreKind::Rdwr);
+}
+
+#[test]
+fn suite_aio_direct() {
+    suite_direct(StoreKind::Aio);
+}
+
+#[test]
+fn suite_io_uring_direct() {
+    suite_direct(StoreKind::IoUring);
+}
+
+fn suite_direct(kind: StoreKind) {
     let dir = match tempfile::tempdir_in("/var/tmp") {
         Ok(d) => d,
         Err(e) => {
@@ -951,7 +1101,7 @@ fn suite_rdwr_direct() {
         worker_threads: 2,
         ..OpenOptions::new(&path)
     };
-    match open_store(StoreKind::Rdwr, &opts) {
+    match open_store(kind, &opts) {
         Err(BackingError::Open { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
             eprintln!("skipping O_DIRECT test: file system under /var/tmp refuses O_DIRECT");
             return;
@@ -959,7 +1109,7 @@ fn suite_rdwr_direct() {
         Err(e) => panic!("open O_DIRECT: {e}"),
         Ok(store) => drop(store),
     }
-    store_suite(&|o| open_store(StoreKind::Rdwr, o), &opts, true, true);
+    store_suite(&|o| open_store(kind, o), &opts, true, true);
 
     // A file whose length is not a multiple of 512: the tail is read through
     // the buffered fallback and the rest zero-filled.
@@ -967,7 +1117,7 @@ fn suite_rdwr_direct() {
     let data = pattern(7, 4096 + 100);
     std::fs::write(&odd, &data).expect("write odd");
     let store = open_store(
-        StoreKind::Rdwr,
+        kind,
         &OpenOptions {
             path: odd,
             ..opts.clone()
@@ -1049,7 +1199,12 @@ fn open_errors() {
 fn store_kind_parse() {
     assert_eq!("rdwr".parse::<StoreKind>().ok(), Some(StoreKind::Rdwr));
     assert_eq!("null".parse::<StoreKind>().ok(), Some(StoreKind::Null));
-    for bad in ["", "RDWR", "aio ", "bsg", "io_uring"] {
+    assert_eq!("aio".parse::<StoreKind>().ok(), Some(StoreKind::Aio));
+    assert_eq!(
+        "io_uring".parse::<StoreKind>().ok(),
+        Some(StoreKind::IoUring)
+    );
+    for bad in ["", "RDWR", "aio ", "bsg", "io-uring", "uring"] {
         match bad.parse::<StoreKind>() {
             Err(BackingError::UnknownType(s)) => assert_eq!(s, bad),
             other => panic!("{bad:?}: {other:?}"),
@@ -1163,12 +1318,13 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
 
 /// Run `steps` against a store and an in-memory model of its bytes.
 fn check_against_model(
+    kind: StoreKind,
     opts: &OpenOptions,
     steps: &[Step],
 ) -> Result<(), proptest::test_runner::TestCaseError> {
     use proptest::prop_assert;
     use proptest::prop_assert_eq;
-    let store = open_store(StoreKind::Rdwr, opts).expect("open");
+    let store = open_store(kind, opts).expect("open");
     let mut io = Io::new(Arc::clone(&store));
     let mut model = vec![0u8; MODEL_SIZE as usize];
     for s in steps {
@@ -1218,7 +1374,32 @@ proptest::proptest! {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = sparse_file(dir.path(), MODEL_SIZE);
         let opts = OpenOptions { worker_threads: 2, ..OpenOptions::new(&path) };
-        check_against_model(&opts, &steps)?;
+        check_against_model(StoreKind::Rdwr, &opts, &steps)?;
+    }
+
+    #[test]
+    fn engines_match_model(steps in proptest::collection::vec(step(), 1..40)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = sparse_file(dir.path(), MODEL_SIZE);
+        let opts = OpenOptions { worker_threads: 2, ..OpenOptions::new(&path) };
+        check_against_model(StoreKind::Aio, &opts, &steps)?;
+        sparse_file(dir.path(), MODEL_SIZE); // fresh, all zeros again
+        check_against_model(StoreKind::IoUring, &opts, &steps)?;
+    }
+
+    /// The engines with O_DIRECT: unaligned steps take the buffered descriptor.
+    #[test]
+    fn engines_direct_match_model(steps in proptest::collection::vec(step(), 1..40)) {
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let path = sparse_file(dir.path(), MODEL_SIZE);
+        let opts = OpenOptions { direct: true, worker_threads: 2, ..OpenOptions::new(&path) };
+        if open_store(StoreKind::Rdwr, &opts).is_err() {
+            eprintln!("skipping O_DIRECT model test: O_DIRECT refused under /var/tmp");
+            return Ok(());
+        }
+        check_against_model(StoreKind::Aio, &opts, &steps)?;
+        sparse_file(dir.path(), MODEL_SIZE); // fresh, all zeros again
+        check_against_model(StoreKind::IoUring, &opts, &steps)?;
     }
 
     /// Same with O_DIRECT: unaligned steps take the buffered fallback.
@@ -1231,7 +1412,7 @@ proptest::proptest! {
             eprintln!("skipping O_DIRECT model test: O_DIRECT refused under /var/tmp");
             return Ok(());
         }
-        check_against_model(&opts, &steps)?;
+        check_against_model(StoreKind::Rdwr, &opts, &steps)?;
     }
 }
 
