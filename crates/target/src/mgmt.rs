@@ -394,8 +394,12 @@ fn lu_new(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
     if req.lun == NO_LUN {
         return Err(TgtadmError::InvalidRequest);
     }
-    let bstype = req.param("bstype").unwrap_or_else(|| "rdwr".to_string());
-    let kind: StoreKind = bstype.parse().map_err(|_| TgtadmError::InvalidRequest)?;
+    // Without -E a new LU gets the fastest engine (io_uring, which falls back
+    // to rdwr where the kernel refuses it); tgt's default is rdwr.
+    let kind: StoreKind = match req.param("bstype") {
+        Some(b) => b.parse().map_err(|_| TgtadmError::InvalidRequest)?,
+        None => StoreKind::IoUring,
+    };
     let path = req.param("path").filter(|p| !p.is_empty());
     if path.is_none() && kind != StoreKind::Null {
         return Err(TgtadmError::InvalidRequest);
@@ -460,11 +464,13 @@ fn lu_new(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
         lu.add_nexus(n, id);
     }
     let oflags = rtgt_mgmt::show::bsoflags_text(sync, direct);
+    // What runs, after any fallback (io_uring refused → rdwr).
+    let bstype = store.name().to_string();
     t.luns.insert(
         req.lun,
         LunEntry {
             backing: LunBacking { lu, store },
-            bstype: kind.to_string(),
+            bstype,
             path,
             bsoflags: oflags,
         },
