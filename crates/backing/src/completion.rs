@@ -183,6 +183,15 @@ impl CompletionReceiver {
         out.append(&mut self.shared.queue());
     }
 
+    /// Hand the requests the engines queued since the last call to the kernel
+    /// (io_uring batches its submissions). Call it before waiting for the
+    /// eventfd: the reactor does once per loop turn, right before `poll`.
+    pub fn flush_submissions(&self) {
+        if self.shared.engines_used.load(Ordering::Acquire) {
+            self.shared.engines().flush();
+        }
+    }
+
     /// True when no completion is queued right now.
     pub fn is_empty(&self) -> bool {
         self.shared.queue().is_empty()

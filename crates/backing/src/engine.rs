@@ -118,6 +118,9 @@ pub(crate) trait Backend {
     /// Append finished pieces to `out`; with `block`, wait for at least one
     /// (briefly, teardown only).
     fn reap(&mut self, out: &mut Vec<(u64, i64)>, block: bool);
+    /// Hand what `submit` queued to the kernel, for queues that batch
+    /// (io_uring: one io_uring_enter(2) per reactor loop turn).
+    fn flush(&mut self) {}
 }
 
 /// A request in a lane.
@@ -429,6 +432,13 @@ impl Default for Engines {
 }
 
 impl Engines {
+    /// Submit what the queues hold (see [`Backend::flush`]).
+    pub(crate) fn flush(&mut self) {
+        if let Slot::Ready(lane) = &mut self.uring {
+            lane.backend.flush();
+        }
+    }
+
     /// Reap both queues (non-blocking).
     pub(crate) fn reap(&mut self, tx: &CompletionSender, out: &mut Vec<IoCompletion>) {
         self.aio.reap(tx, out);

@@ -23,6 +23,8 @@ type Opener<'a> = &'a dyn Fn(&OpenOptions) -> Result<Arc<dyn BackingStore>, Back
 
 /// Block until the receiver's eventfd is readable, then drain it.
 fn wait_drain(rx: &mut CompletionReceiver, out: &mut Vec<IoCompletion>, deadline: Instant) {
+    // As a reactor does before it polls: batched submissions go in now.
+    rx.flush_submissions();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(!left.is_zero(), "timed out waiting for completions");

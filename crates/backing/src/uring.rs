@@ -33,7 +33,7 @@ impl Uring {
 
     /// Hand queued SQEs to the kernel. An SQE the kernel did not take stays
     /// in the queue and goes with the next call (every `reap` calls this).
-    fn flush(&mut self) -> Result<(), i32> {
+    fn submit_queued(&mut self) -> Result<(), i32> {
         if self.ring.submission().is_empty() {
             return Ok(());
         }
@@ -81,24 +81,29 @@ impl Backend for Uring {
         // a descriptor that stays open as long as the request's store does
         // (the lane holds the store).
         if unsafe { self.ring.submission().push(&entry) }.is_err() {
-            // Full: only if earlier SQEs were refused; push them first.
-            self.flush()?;
+            // Full: hand the queue to the kernel first.
+            self.submit_queued()?;
             // SAFETY: as above.
             unsafe { self.ring.submission().push(&entry) }.map_err(|_| libc::EAGAIN)?;
         }
-        // Submitted at once, so nothing waits for a later call. If the
-        // kernel refuses now (EAGAIN, EBUSY) the SQE stays queued: signal
-        // the eventfd so the reactor's `drain` calls `reap`, which retries.
-        if self.flush().is_err() {
+        // Not submitted yet: the reactor calls `flush` once per loop turn, so
+        // every request of that turn goes in with one io_uring_enter(2).
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        // If the kernel refuses now (EAGAIN, EBUSY) the SQEs stay queued:
+        // signal the eventfd so the reactor's `drain` calls `reap`, which
+        // retries.
+        if self.submit_queued().is_err() {
             // SAFETY: eventfd_write(3) on the channel's eventfd, which
             // outlives the ring; it only writes an 8-byte counter increment.
             unsafe { libc::eventfd_write(self.eventfd, 1) };
         }
-        Ok(())
     }
 
     fn reap(&mut self, out: &mut Vec<(u64, i64)>, block: bool) {
-        let _ = self.flush();
+        let _ = self.submit_queued();
         if block {
             loop {
                 match self.ring.submit_and_wait(1) {

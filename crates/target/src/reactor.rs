@@ -270,6 +270,9 @@ impl Reactor {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
+            // Everything this turn queued for io_uring goes to the kernel in
+            // one system call, before we sleep.
+            self.done_rx.flush_submissions();
             let timeout = if self.again.is_empty() {
                 self.next_timer_check
                     .saturating_duration_since(Instant::now())
