@@ -133,6 +133,7 @@ pub struct LogicalUnit {
     config: RwLock<LuConfig>,
     state: Mutex<LuState>,
     pr_persistence: Mutex<Option<PrPersistence>>,
+    nexus_liveness: Mutex<Option<NexusLiveness>>,
     /// Bumped whenever tasks of some I_T nexus are aborted from outside it
     /// (CLEAR TASK SET, LOGICAL UNIT RESET, target reset, PREEMPT AND ABORT). A
     /// plan remembers the value it was admitted at; its completion only takes
@@ -167,6 +168,12 @@ enum SanitizeState {
 /// §5.9.5): `Some(bytes)` to keep (beside the LUN, so a restart finds it), `None` to
 /// forget. The target crate does the I/O; this crate stays free of it.
 pub type PrPersistence = Box<dyn Fn(Option<&[u8]>) + Send + Sync>;
+
+/// Whether an I_T nexus is still there (the transport asks its sockets). A
+/// reservation is released at I_T nexus loss (SPC-2 §5.5.1); the transport
+/// may learn of the loss only after another nexus's next command, so before
+/// refusing that command for an SPC-2 reservation the LU asks.
+pub type NexusLiveness = Box<dyn Fn(NexusId) -> bool + Send + Sync>;
 
 /// What the LU remembers about one I_T nexus.
 #[derive(Default)]
@@ -408,6 +415,7 @@ impl LogicalUnit {
                 sanitize: SanitizeState::Idle,
             }),
             pr_persistence: Mutex::new(None),
+            nexus_liveness: Mutex::new(None),
             abort_generation: AtomicU64::new(0),
         }
     }
@@ -439,6 +447,12 @@ impl LogicalUnit {
             .nexuses
             .get(&plan.nexus)
             .is_some_and(|n| n.aborted_at > plan.generation)
+    }
+
+    /// Ask `f` whether an SPC-2 reservation holder is still there before
+    /// refusing another nexus for it.
+    pub fn set_nexus_liveness(&self, f: NexusLiveness) {
+        *lock(&self.nexus_liveness) = Some(f);
     }
 
     /// Keep APTPL reservation state through `f` from now on.
@@ -681,6 +695,18 @@ impl LogicalUnit {
             }
         }
         if st.reservations.check(cmd.nexus, cmd.cdb).is_err() {
+            let holder = st.reservations.spc2_holder().filter(|h| *h != cmd.nexus);
+            drop(st);
+            // The SPC-2 holder may be gone already, its loss not yet seen.
+            if let Some(h) = holder {
+                let gone = lock(&self.nexus_liveness)
+                    .as_ref()
+                    .is_some_and(|alive| !alive(h));
+                if gone {
+                    self.remove_nexus(h);
+                    return self.admit(cmd, op);
+                }
+            }
             return Ok(Some(Outcome::Done(Response::reservation_conflict())));
         }
         // SBC-3 §4.11.3: while a sanitize runs, only commands that do not touch

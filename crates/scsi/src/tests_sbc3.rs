@@ -567,3 +567,23 @@ fn prefetch_checks_its_range_and_rtpg_reports_one_group() {
         spc::RELATIVE_TARGET_PORT
     );
 }
+
+#[test]
+fn a_lost_spc2_holder_does_not_block_the_others() {
+    let lu = thin();
+    assert_eq!(
+        done(exec(&lu, A, &[0x16, 0, 0, 0, 0, 0], &[])).status,
+        Status::GOOD
+    );
+    let w = cdb16(0x8a, 0, 0, 1);
+    // The transport still sees A: B conflicts.
+    lu.set_nexus_liveness(Box::new(|_| true));
+    assert_eq!(
+        done(exec(&lu, B, &w, &[0u8; 512])).status,
+        Status::RESERVATION_CONFLICT
+    );
+    // A's initiator closed its connection, not yet noticed: nexus loss
+    // releases the reservation (SPC-2 §5.5.1) and B's command runs.
+    lu.set_nexus_liveness(Box::new(|n| n != A));
+    assert_eq!(io(exec(&lu, B, &w, &[0u8; 512])).kind, IoKind::Write);
+}

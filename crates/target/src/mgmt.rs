@@ -444,6 +444,8 @@ fn lu_new(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
     if let Some(p) = &path {
         crate::pr_state::attach(&lu, crate::pr_state::state_path(Path::new(p)));
     }
+    let registry = Arc::clone(ctx.registry());
+    lu.set_nexus_liveness(Box::new(move |n| registry.nexus_alive(n.0)));
 
     let mut reg = ctx.registry().lock();
     let nexuses: Vec<_> = reg

@@ -509,9 +509,20 @@ impl Reactor {
     fn on_login(&mut self, idx: usize, info: LoginInfo) {
         let handle = self.handle(idx);
         let peer = self.conns[idx].peer;
+        let fd = self.conns[idx].stream.as_raw_fd();
         let decision = {
             let mut reg = self.shared.registry.lock();
-            decide_login(&mut reg, &info, peer, handle, &self.shared)
+            let d = decide_login(&mut reg, &info, peer, handle, &self.shared);
+            if let Ok((_, session)) = &d {
+                if let Some(c) = reg
+                    .sessions
+                    .get_mut(&session.sid)
+                    .and_then(|s| s.connections.iter_mut().find(|c| c.handle == handle))
+                {
+                    c.fd = Some(fd);
+                }
+            }
+            d
         };
         let conn = &mut self.conns[idx];
         match decision {
@@ -1154,6 +1165,7 @@ fn decide_login(
                 cid: info.cid,
                 peer,
                 handle,
+                fd: None,
             }],
         },
     );

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -110,6 +111,9 @@ pub struct ConnectionEntry {
     pub cid: u16,
     pub peer: SocketAddr,
     pub handle: ConnHandle,
+    /// The socket, for [`Registry::nexus_alive`]; it stays open while the
+    /// entry exists (its reactor ends the session before dropping it).
+    pub fd: Option<RawFd>,
 }
 
 pub struct SessionEntry {
@@ -185,6 +189,40 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Whether I_T nexus `sid` still has a connection the initiator has not
+    /// closed. A peer's close is seen by the connection's own reactor on its
+    /// next turn; a command on another reactor may get here first, so the
+    /// sockets are asked directly (recv with MSG_PEEK: 0 bytes means the
+    /// peer's FIN has arrived).
+    pub fn nexus_alive(&self, sid: u64) -> bool {
+        let reg = self.lock();
+        let Some(s) = reg.sessions.get(&sid) else {
+            return false;
+        };
+        s.connections.iter().any(|c| match c.fd {
+            Some(fd) => {
+                let mut b = [0u8; 1];
+                // SAFETY: `fd` is the open socket of this entry (see
+                // `ConnectionEntry::fd`): the registry lock we hold keeps its
+                // reactor from ending the session and closing it meanwhile.
+                // recv(2) with MSG_PEEK | MSG_DONTWAIT reads nothing and never
+                // blocks; `b` is a valid 1-byte buffer.
+                let n = unsafe {
+                    libc::recv(
+                        fd,
+                        b.as_mut_ptr().cast(),
+                        1,
+                        libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                    )
+                };
+                n > 0
+                    || (n < 0
+                        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock)
+            }
+            None => true,
+        })
+    }
+
     pub fn new() -> Arc<Registry> {
         Arc::new(Registry::default())
     }
