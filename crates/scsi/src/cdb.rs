@@ -631,23 +631,6 @@ impl Cdb {
             _ => return Err(CdbError::UnsupportedOpcode(op)),
         })
     }
-
-    /// True for commands that write the medium (refused on a read-only LU with
-    /// DATA PROTECT / WRITE PROTECTED, SBC-3 §4.13).
-    pub fn is_write(&self) -> bool {
-        matches!(
-            self,
-            Cdb::Write { .. }
-                | Cdb::WriteSame { .. }
-                | Cdb::Unmap { .. }
-                | Cdb::CompareAndWrite { .. }
-                | Cdb::OrWrite { .. }
-                | Cdb::WriteAndVerify { .. }
-                | Cdb::WriteAtomic { .. }
-                | Cdb::Sanitize { .. }
-                | Cdb::ExtendedCopy { .. }
-        )
-    }
 }
 
 /// LBA and TRANSFER LENGTH of the 10-, 12- and 16-byte block command layouts
