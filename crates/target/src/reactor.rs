@@ -729,7 +729,6 @@ impl Reactor {
                 if let Some(b) = cmd.data.take() {
                     self.pool.put(b);
                 }
-                let store = store.clone();
                 let extra_ranges = match &plan.extra {
                     PlanExtra::Ranges(r) => r.clone(),
                     _ => Vec::new(),
