@@ -5,6 +5,13 @@
 //! pushes an [`IoCompletion`] and bumps the eventfd; the reactor sees the fd
 //! readable, resets the counter and drains the queue.
 //!
+//! A completion sent by the reactor itself (an inline store: `null`, or a
+//! memory medium under `aio`/`io_uring`) skips the eventfd: the reactor
+//! claims its channel with [`CompletionReceiver::claim_current_thread`], and
+//! before it sleeps asks [`CompletionReceiver::take_local`] whether to drain.
+//! That saves an eventfd write, an epoll wake-up and an eventfd read per
+//! command.
+//!
 //! The channel also owns the reactor's kernel I/O contexts (one Linux AIO
 //! context, one io_uring ring, created on first use by an `aio` / `io_uring`
 //! store, see `engine.rs`). Both notify through this same eventfd
@@ -12,6 +19,7 @@
 //! reaps them too, so the reactor polls one fd and drains one path whatever
 //! the engine.
 
+use std::cell::Cell;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,6 +29,11 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::engine::Engines;
 use crate::IoCompletion;
+
+thread_local! {
+    /// The channel whose receiver this thread drains (its reactor's), if any.
+    static DRAINED_HERE: Cell<*const Shared> = const { Cell::new(std::ptr::null()) };
+}
 
 pub(crate) struct Shared {
     /// The AIO / io_uring contexts of this reactor. Declared before `eventfd`
@@ -38,6 +51,8 @@ pub(crate) struct Shared {
     /// Cleared when the receiver is dropped: completions are then freed at
     /// once instead of piling up where nobody will drain them.
     receiver_alive: AtomicBool,
+    /// The receiver's own thread queued a completion without signalling.
+    local: AtomicBool,
 }
 
 impl Shared {
@@ -81,6 +96,7 @@ pub fn completion_channel() -> std::io::Result<(CompletionSender, CompletionRece
         queue: Mutex::new(Vec::with_capacity(256)),
         eventfd,
         receiver_alive: AtomicBool::new(true),
+        local: AtomicBool::new(false),
     });
     Ok((
         CompletionSender {
@@ -106,21 +122,32 @@ impl std::fmt::Debug for CompletionSender {
 
 impl CompletionSender {
     /// Queue a completion and signal the eventfd (one eventfd write per send).
+    /// On the thread that drains this channel, no signal: it drains before
+    /// it next sleeps (see [`CompletionReceiver::take_local`]).
     ///
     /// If the receiver is gone the completion (and its buffer) is dropped.
     pub fn send(&self, completion: IoCompletion) {
         if !self.shared.receiver_alive.load(Ordering::Acquire) {
             return;
         }
+        let here = DRAINED_HERE.with(Cell::get) == Arc::as_ptr(&self.shared);
         let was_empty = {
             let mut q = self.shared.queue();
             q.push(completion);
             q.len() == 1
         };
+        if here {
+            // Another thread that pushes behind this one sees a non-empty
+            // queue and does not signal either: the receiver's thread takes
+            // both before it sleeps, so nothing is left behind.
+            self.shared.local.store(true, Ordering::Relaxed);
+            return;
+        }
         // One signal per batch, not per completion: `drain` resets the
         // eventfd before it takes the queue, so a completion pushed onto a
         // non-empty queue is taken by the drain its predecessor's signal
-        // wakes, and one pushed onto an emptied queue signals itself.
+        // wakes (or by the receiver's own thread, which pushed it), and one
+        // pushed onto an emptied queue signals itself.
         // The only possible write failure is EAGAIN when the counter is at
         // its maximum (2^64 - 2), in which case the fd is readable anyway.
         if was_empty {
@@ -183,6 +210,28 @@ impl CompletionReceiver {
         out.append(&mut self.shared.queue());
     }
 
+    /// Make the calling thread this channel's drainer: completions it sends
+    /// itself are queued without an eventfd signal, and it must call
+    /// [`take_local`](Self::take_local) before every wait for the eventfd.
+    /// The reactor calls this once, on its own thread.
+    pub fn claim_current_thread(&self) {
+        DRAINED_HERE.with(|c| c.set(Arc::as_ptr(&self.shared)));
+    }
+
+    /// True (once) when this thread queued completions since the last call:
+    /// drain before waiting, no signal will come for them.
+    pub fn take_local(&self) -> bool {
+        self.shared.local.swap(false, Ordering::Relaxed)
+    }
+
+    /// Move every queued completion into `out` without touching the eventfd
+    /// or the kernel queues: for completions [`take_local`](Self::take_local)
+    /// announced. A signal that raced in stays pending and finds at worst an
+    /// empty queue.
+    pub fn drain_queued(&mut self, out: &mut Vec<IoCompletion>) {
+        out.append(&mut self.shared.queue());
+    }
+
     /// Hand the requests the engines queued since the last call to the kernel
     /// (io_uring batches its submissions). Call it before waiting for the
     /// eventfd: the reactor does once per loop turn, right before `poll`.
@@ -201,6 +250,11 @@ impl CompletionReceiver {
 impl Drop for CompletionReceiver {
     fn drop(&mut self) {
         self.shared.receiver_alive.store(false, Ordering::Release);
+        DRAINED_HERE.with(|c| {
+            if c.get() == Arc::as_ptr(&self.shared) {
+                c.set(std::ptr::null());
+            }
+        });
         // Free what was queued and never drained.
         let stale = std::mem::take(&mut *self.shared.queue());
         drop(stale);

@@ -108,6 +108,8 @@ struct Shared {
     readonly: bool,
     /// A block device rather than a regular file.
     block_device: bool,
+    /// The file lives in memory (tmpfs, ramfs).
+    in_memory: bool,
     /// Store size in bytes, taken at open.
     size: u64,
     /// Shared by every data access, exclusive for CompareAndWrite and OrWrite
@@ -639,11 +641,18 @@ impl RdwrStore {
             return Err(BackingError::NotFileOrBlockDevice(path.to_path_buf()));
         };
 
+        // ramfs(5) has no constant in nix: RAMFS_MAGIC from <linux/magic.h>.
+        const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
+        let in_memory = nix::sys::statfs::fstatfs(&file).is_ok_and(|fs| {
+            let t = fs.filesystem_type();
+            t == nix::sys::statfs::TMPFS_MAGIC || t.0 as libc::c_long == RAMFS_MAGIC
+        });
         let shared = Arc::new(Shared {
             file,
             buffered,
             readonly,
             block_device: ft.is_block_device(),
+            in_memory,
             size,
             atomicity: RwLock::new(()),
             sync: opts.sync,
@@ -701,6 +710,19 @@ impl RdwrStore {
         });
         drop(q);
         self.shared.work.notify_one();
+    }
+
+    /// Run `req` to completion on the calling thread, with the same locking
+    /// as a worker (the engines' inline path for memory media).
+    pub(crate) fn execute(&self, req: IoRequest) -> IoCompletion {
+        self.shared.execute(req)
+    }
+
+    /// The file lives in memory (tmpfs, ramfs: statfs(2) `f_type`), so a read
+    /// or write is a copy to or from the page cache that never waits for a
+    /// device.
+    pub(crate) fn in_memory(&self) -> bool {
+        self.shared.in_memory
     }
 
     /// The descriptor opened with the requested bsoflags, and for `O_DIRECT`

@@ -1272,6 +1272,96 @@ fn completion_channel_basics() {
     });
 }
 
+fn flush_completion(tag: u64) -> IoCompletion {
+    IoCompletion {
+        tag,
+        op: IoOp::Flush,
+        buf: AlignedBuf::with_capacity(0),
+        result: Ok(0),
+    }
+}
+
+fn readable(rx: &CompletionReceiver) -> bool {
+    let mut fds = [PollFd::new(rx.as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO).expect("poll") > 0
+}
+
+/// Completions sent by the thread that drains the channel go without an
+/// eventfd signal and are announced by `take_local`; other threads still
+/// signal, also while the owner has some queued.
+#[test]
+fn completion_channel_local_sends() {
+    let (tx, mut rx) = completion_channel().expect("eventfd");
+    let mut out = Vec::new();
+    rx.claim_current_thread();
+    tx.send(flush_completion(1));
+    assert!(!readable(&rx), "no signal for the drainer's own completion");
+    assert!(rx.take_local());
+    assert!(!rx.take_local(), "announced once");
+    rx.drain_queued(&mut out);
+    assert_eq!(out.iter().map(|c| c.tag).collect::<Vec<_>>(), vec![1]);
+
+    // Another thread's completion onto an empty queue signals.
+    let other = tx.clone();
+    std::thread::spawn(move || other.send(flush_completion(2)))
+        .join()
+        .expect("sender thread");
+    assert!(readable(&rx));
+    assert!(!rx.take_local());
+    // One behind a local one rides with it: the drainer takes both before
+    // it sleeps.
+    tx.send(flush_completion(3));
+    let other = tx.clone();
+    std::thread::spawn(move || other.send(flush_completion(4)))
+        .join()
+        .expect("sender thread");
+    assert!(rx.take_local());
+    out.clear();
+    rx.drain(&mut out);
+    assert_eq!(
+        out.iter().map(|c| c.tag).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+    // A new receiver on this thread is not claimed by the old one's claim.
+    drop(rx);
+    let (tx2, rx2) = completion_channel().expect("eventfd");
+    tx2.send(flush_completion(5));
+    assert!(readable(&rx2));
+}
+
+/// On a memory medium, aio and io_uring run small reads and writes inline
+/// (queued by the time `submit` returns), larger ones through the kernel
+/// queue (they only appear once the reactor reaps it).
+#[test]
+fn engines_run_small_memory_io_inline() {
+    let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("skipping: no temp dir under /dev/shm");
+        return;
+    };
+    let path = sparse_file(dir.path(), 4 << 20);
+    for kind in [StoreKind::Aio, StoreKind::IoUring] {
+        let store = open_store(kind, &OpenOptions::new(&path)).expect("open");
+        let mut io = Io::new(Arc::clone(&store));
+        let small = pattern(11, crate::engine::INLINE_MAX);
+        store.submit(IoRequest::new(1, IoOp::Write, 0, buf_from(&small)), &io.tx);
+        assert!(!io.rx.is_empty(), "{kind:?}: small write completed inline");
+        let c = collect(&mut io.rx, 1);
+        assert_eq!(c[0].result, Ok(small.len()));
+        let big = pattern(12, crate::engine::INLINE_MAX + 4096);
+        store.submit(IoRequest::new(2, IoOp::Write, 1 << 20, buf_from(&big)), &io.tx);
+        assert!(io.rx.is_empty(), "{kind:?}: large write went to the kernel");
+        let c = collect(&mut io.rx, 1);
+        assert_eq!(c[0].result, Ok(big.len()));
+        let (r, buf) = io.read(0, small.len());
+        assert_eq!(r, Ok(small.len()));
+        assert_eq!(&buf[..], &small[..]);
+        let (r, buf) = io.read(1 << 20, big.len());
+        assert_eq!(r, Ok(big.len()));
+        assert_eq!(&buf[..], &big[..]);
+        store.close();
+    }
+}
+
 #[test]
 fn send_sync_bounds() {
     fn send_sync<T: Send + Sync>() {}
