@@ -269,7 +269,13 @@ impl Reactor {
     /// The event loop; returns on Shutdown.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
+        self.done_rx.claim_current_thread();
         loop {
+            // Completions this thread produced itself (inline stores) carry
+            // no eventfd signal: answer them before sleeping.
+            while self.done_rx.take_local() {
+                self.drain_completions(false);
+            }
             // Everything this turn queued for io_uring goes to the kernel in
             // one system call, before we sleep.
             self.done_rx.flush_submissions();
@@ -299,7 +305,7 @@ impl Reactor {
                             return;
                         }
                     }
-                    COMPLETIONS => self.drain_completions(),
+                    COMPLETIONS => self.drain_completions(true),
                     Token(idx) => {
                         if self.conns.contains(idx) {
                             if ev.is_error() {
@@ -402,6 +408,31 @@ impl Reactor {
                 conn.paused = true;
                 return;
             }
+            if let Some(dst) = conn.proto.placement_buffer() {
+                // Write data straight into the buffer the store writes from.
+                let room = dst.len();
+                match conn.stream.read(dst) {
+                    Ok(0) => {
+                        conn.dead = true;
+                        return;
+                    }
+                    Ok(n) => {
+                        conn.proto.placed(n, Instant::now());
+                        self.process_events(idx);
+                        if n < room {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        debug!("read from {}: {e}", conn.peer);
+                        conn.dead = true;
+                        return;
+                    }
+                }
+                continue;
+            }
             // Keep room for one maximal PDU: take a buffer from the pool,
             // compact, then grow to the negotiated limit (never beyond it: the
             // limit is ours).
@@ -417,12 +448,19 @@ impl Reactor {
                 conn.rend -= conn.rstart;
                 conn.rstart = 0;
             }
-            match conn.stream.read(&mut conn.rbuf[conn.rend..]) {
+            let room = conn.rbuf.len() - conn.rend;
+            let drained = match conn.stream.read(&mut conn.rbuf[conn.rend..]) {
                 Ok(0) => {
                     conn.dead = true;
                     return;
                 }
-                Ok(n) => conn.rend += n,
+                Ok(n) => {
+                    conn.rend += n;
+                    // A short read emptied the socket: whatever arrives later
+                    // raises a new edge (every segment wakes epoll), so the
+                    // read that would only say EAGAIN is skipped.
+                    n < room
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if conn.rstart == conn.rend {
                         release_recv_buffer(&mut self.recv_pool, conn);
@@ -435,7 +473,7 @@ impl Reactor {
                     conn.dead = true;
                     return;
                 }
-            }
+            };
             let pool = &mut self.pool;
             let result = conn.proto.handle_input(
                 &conn.rbuf[conn.rstart..conn.rend],
@@ -457,6 +495,9 @@ impl Reactor {
                 }
             }
             self.process_events(idx);
+            if drained {
+                return;
+            }
         }
         // Budget spent with input possibly pending: come back next turn
         // (edge-triggered readiness will not tell us again).
@@ -855,10 +896,16 @@ impl Reactor {
         conn.proto.task_management_response(tm.itt, response);
     }
 
-    fn drain_completions(&mut self) {
+    /// Answer finished I/O. `signalled`: the eventfd woke us (reset it and
+    /// reap the kernel queues); otherwise only what this thread queued.
+    fn drain_completions(&mut self, signalled: bool) {
         let mut done = std::mem::take(&mut self.done);
         let mut touched = std::mem::take(&mut self.touched);
-        self.done_rx.drain(&mut done);
+        if signalled {
+            self.done_rx.drain(&mut done);
+        } else {
+            self.done_rx.drain_queued(&mut done);
+        }
         for mut c in done.drain(..) {
             let Some(inf) = self.inflight.get_mut(c.tag as usize) else {
                 self.pool.put(c.buf);
