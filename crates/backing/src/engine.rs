@@ -48,6 +48,12 @@
 //!   and completes through the same channel (unsignalled, see
 //!   `completion.rs`). Larger ones still go through the queue, so one
 //!   connection's big transfers do not hold up the reactor's others.
+//! * **Reads by reference.** A Read whose caller can send from the file
+//!   ([`IoRequest::by_reference`]: the reactor, for large reads without a
+//!   data digest) completes on a memory medium at once with a [`FileRef`]:
+//!   the reactor sendfile(2)s the page cache pages to the socket, so the
+//!   target copies nothing (loopback's receiver does the one copy). While an
+//!   exclusive op is outstanding it goes to rdwr like any other request.
 //! * **Close** waits until none of the store's requests is in a kernel queue
 //!   (reaping the lanes it used itself, 1 ms apart, so it also works on the
 //!   reactor thread), then closes rdwr (which runs what it has queued). Later
@@ -235,6 +241,7 @@ impl Entry {
 
     fn complete(self, result: Result<usize, IoError>) -> IoCompletion {
         IoCompletion {
+            file: None,
             tag: self.req.tag,
             op: self.req.op,
             buf: self.req.buf,
@@ -619,6 +626,7 @@ impl EngineStore {
 
 fn complete_now(req: IoRequest, result: Result<usize, IoError>, done: &CompletionSender) {
     done.send(IoCompletion {
+        file: None,
         tag: req.tag,
         op: req.op,
         buf: req.buf,
@@ -683,6 +691,19 @@ impl BackingStore for EngineStore {
         if st.exclusive > 0 || no_dsync {
             drop(st);
             return inner.rdwr.submit(req, done);
+        }
+        if inner.in_memory && req.op == IoOp::Read && req.by_reference {
+            // The data is in the page cache already: the caller sends it
+            // from there (sendfile(2)), nothing is copied here.
+            drop(st);
+            let len = req.buf.len();
+            return done.send(IoCompletion {
+                file: Some(inner.rdwr.file_ref(req.offset)),
+                tag: req.tag,
+                op: req.op,
+                buf: req.buf,
+                result: Ok(len),
+            });
         }
         if inner.in_memory && req.buf.len() <= INLINE_MAX {
             drop(st);

@@ -40,6 +40,7 @@ mod uring;
 #[cfg(test)]
 mod suite;
 
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -174,6 +175,11 @@ pub struct IoRequest {
     /// overwrite of a whole LU runs in the background at a bounded rate so it
     /// does not starve the I/O of the other LUs on the same medium.
     pub rate: Option<u64>,
+    /// Read only: the caller can send the data straight from the file
+    /// (sendfile(2)), so a store whose file lives in memory may complete the
+    /// read without copying anything, with [`IoCompletion::file`] set and
+    /// `buf` untouched. Ignored by every other op.
+    pub by_reference: bool,
 }
 
 impl IoRequest {
@@ -189,7 +195,14 @@ impl IoRequest {
             len,
             source: None,
             rate: None,
+            by_reference: false,
         }
+    }
+
+    /// Set [`by_reference`](IoRequest::by_reference).
+    pub fn with_by_reference(mut self, by_reference: bool) -> IoRequest {
+        self.by_reference = by_reference;
+        self
     }
 
     /// Set [`fua`](IoRequest::fua).
@@ -299,6 +312,29 @@ pub struct IoCompletion {
     /// [`IoOp`] says (bytes covered, bytes compared equal, bytes of extent
     /// records).
     pub result: Result<usize, IoError>,
+    /// A read asked [`by_reference`](IoRequest::by_reference) and answered
+    /// that way: the data is the file's, from this offset, for the length
+    /// the result says; `buf` holds nothing.
+    pub file: Option<FileRef>,
+}
+
+/// Where a read's data lies when it is sent from the file (sendfile(2))
+/// rather than from a buffer. Holding it keeps the descriptor open.
+#[derive(Clone)]
+pub struct FileRef {
+    /// The store's file.
+    pub file: Arc<dyn AsFd + Send + Sync>,
+    /// Byte offset of the data in it.
+    pub offset: u64,
+}
+
+impl std::fmt::Debug for FileRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileRef")
+            .field("fd", &self.file.as_fd().as_raw_fd())
+            .field("offset", &self.offset)
+            .finish()
+    }
 }
 
 /// An OS error from a store, as errno (ENOSPC, EIO, ...), so the SCSI layer

@@ -82,6 +82,7 @@ impl BackingStore for NullStore {
                 .and_then(|_| len_usize(len)),
         };
         done.send(IoCompletion {
+            file: None,
             tag,
             op,
             buf,

@@ -61,8 +61,8 @@ use nix::unistd::Whence;
 
 use crate::ops::{check_copy, check_pattern, len_usize, mismatch, split_compare_and_write, CHUNK};
 use crate::{
-    AlignedBuf, BackingError, BackingStore, CompletionSender, CopySource, Extent, IoCompletion,
-    IoError, IoOp, IoRequest, OpenOptions,
+    AlignedBuf, BackingError, BackingStore, CompletionSender, CopySource, Extent, FileRef,
+    IoCompletion, IoError, IoOp, IoRequest, OpenOptions,
 };
 
 /// tgt's default number of rdwr worker threads per LUN (`tgtd -t`,
@@ -124,6 +124,12 @@ struct Shared {
     work: Condvar,
 }
 
+impl AsFd for Shared {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
 impl Shared {
     fn queue(&self) -> MutexGuard<'_, Queue> {
         // A poisoned lock means a worker panicked holding it; the queue is
@@ -168,6 +174,7 @@ impl Shared {
             len,
             source,
             rate,
+            by_reference: _,
         } = req;
         let result = match op {
             _ if self.readonly && op.modifies_medium() => Err(IoError::EROFS),
@@ -199,6 +206,7 @@ impl Shared {
             IoOp::Copy => self.copy(source.as_ref(), offset, len, fua),
         };
         IoCompletion {
+            file: None,
             tag,
             op,
             buf,
@@ -718,6 +726,15 @@ impl RdwrStore {
         self.shared.execute(req)
     }
 
+    /// Where a read of this store's data can be sent from by reference: the
+    /// descriptor with the requested bsoflags, kept open by the reference.
+    pub(crate) fn file_ref(&self, offset: u64) -> FileRef {
+        FileRef {
+            file: Arc::clone(&self.shared) as Arc<dyn AsFd + Send + Sync>,
+            offset,
+        }
+    }
+
     /// The file lives in memory (tmpfs, ramfs: statfs(2) `f_type`), so a read
     /// or write is a copy to or from the page cache that never waits for a
     /// device.
@@ -797,6 +814,7 @@ impl Drop for RdwrStore {
 /// Complete a request that arrived after `close` with ENXIO.
 fn complete_closed(req: IoRequest, done: &CompletionSender) {
     done.send(IoCompletion {
+        file: None,
         tag: req.tag,
         op: req.op,
         buf: req.buf,

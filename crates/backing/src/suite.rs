@@ -1251,6 +1251,7 @@ fn completion_channel_basics() {
     assert!(out.is_empty());
     for tag in 0..3 {
         tx.send(IoCompletion {
+            file: None,
             tag,
             op: IoOp::Flush,
             buf: AlignedBuf::with_capacity(0),
@@ -1265,6 +1266,7 @@ fn completion_channel_basics() {
     // Sending after the receiver is gone does not block or panic.
     drop(rx);
     tx.send(IoCompletion {
+        file: None,
         tag: 9,
         op: IoOp::Read,
         buf: AlignedBuf::with_capacity(0),
@@ -1274,6 +1276,7 @@ fn completion_channel_basics() {
 
 fn flush_completion(tag: u64) -> IoCompletion {
     IoCompletion {
+        file: None,
         tag,
         op: IoOp::Flush,
         buf: AlignedBuf::with_capacity(0),
@@ -1318,10 +1321,7 @@ fn completion_channel_local_sends() {
     assert!(rx.take_local());
     out.clear();
     rx.drain(&mut out);
-    assert_eq!(
-        out.iter().map(|c| c.tag).collect::<Vec<_>>(),
-        vec![2, 3, 4]
-    );
+    assert_eq!(out.iter().map(|c| c.tag).collect::<Vec<_>>(), vec![2, 3, 4]);
     // A new receiver on this thread is not claimed by the old one's claim.
     drop(rx);
     let (tx2, rx2) = completion_channel().expect("eventfd");
@@ -1348,7 +1348,10 @@ fn engines_run_small_memory_io_inline() {
         let c = collect(&mut io.rx, 1);
         assert_eq!(c[0].result, Ok(small.len()));
         let big = pattern(12, crate::engine::INLINE_MAX + 4096);
-        store.submit(IoRequest::new(2, IoOp::Write, 1 << 20, buf_from(&big)), &io.tx);
+        store.submit(
+            IoRequest::new(2, IoOp::Write, 1 << 20, buf_from(&big)),
+            &io.tx,
+        );
         assert!(io.rx.is_empty(), "{kind:?}: large write went to the kernel");
         let c = collect(&mut io.rx, 1);
         assert_eq!(c[0].result, Ok(big.len()));

@@ -11,6 +11,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use crate::login::{LoginAccept, LoginInfo};
@@ -161,6 +163,48 @@ enum Phase {
     Closing,
 }
 
+/// A file whose bytes go out as Data-In straight from it (sendfile(2)); the
+/// reference keeps the descriptor open until they are sent.
+pub type FileData = Arc<dyn AsFd + Send + Sync>;
+
+/// Where a connection's output goes: a byte stream that can also send a
+/// file's bytes. The reactor's socket does it with writev(2) + MSG_MORE and
+/// sendfile(2); [`Plain`] does it for any `Write`.
+pub trait Transmit {
+    /// Write some of `bufs` (gathered); `more`: file data follows at once,
+    /// so the stream may hold a partial segment back (MSG_MORE).
+    fn send_vectored(&mut self, bufs: &[IoSlice<'_>], more: bool) -> io::Result<usize>;
+    /// Send up to `len` bytes of `file` from `offset`; return how many were
+    /// sent. Bytes past the file's end go out as zeros (a store never returns
+    /// stale data, and the stream must stay framed).
+    fn send_file(&mut self, file: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<usize>;
+}
+
+/// Any writer as a [`Transmit`]: file data is read with pread(2) and written.
+pub struct Plain<W>(pub W);
+
+impl<W: Write> Transmit for Plain<W> {
+    fn send_vectored(&mut self, bufs: &[IoSlice<'_>], _more: bool) -> io::Result<usize> {
+        self.0.write_vectored(bufs)
+    }
+
+    fn send_file(&mut self, file: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::from(file.try_clone_to_owned()?);
+        let mut chunk = vec![0u8; len.min(64 * 1024)];
+        let mut got = 0;
+        while got < chunk.len() {
+            match file.read_at(&mut chunk[got..], offset + got as u64) {
+                Ok(0) => break, // past the end: zeros
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.0.write(&chunk)
+    }
+}
+
 #[derive(Debug)]
 enum OutData {
     None,
@@ -171,6 +215,38 @@ enum OutData {
         off: usize,
         len: usize,
     },
+    /// Bytes of a file (sendfile Data-In).
+    File {
+        file: FileRef,
+        offset: u64,
+        len: usize,
+    },
+}
+
+/// A [`FileData`] that prints as its descriptor.
+#[derive(Clone)]
+struct FileRef(FileData);
+
+impl std::fmt::Debug for FileRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::os::fd::AsRawFd;
+        write!(f, "fd {}", self.0.as_fd().as_raw_fd())
+    }
+}
+
+/// One part of a queued PDU: bytes in memory, or bytes of a file.
+enum Part<'a> {
+    Bytes(&'a [u8]),
+    File(BorrowedFd<'a>, u64, usize),
+}
+
+impl Part<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Part::Bytes(b) => b.len(),
+            Part::File(_, _, len) => *len,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -1024,7 +1100,7 @@ impl<B: DataBuf> Connection<B> {
             header_len += DIGEST_LEN;
         }
         let data_slice: &[u8] = match &data {
-            OutData::None => &[],
+            OutData::None | OutData::File { .. } => &[],
             OutData::Owned(v) => v,
             OutData::Slot { slot, off, len } => self
                 .slots
@@ -1033,10 +1109,15 @@ impl<B: DataBuf> Connection<B> {
                 .and_then(|b| b.as_ref().get(*off..*off + *len))
                 .unwrap_or(&[]),
         };
-        let dlen = data_slice.len();
+        let dlen = match &data {
+            OutData::File { len, .. } => *len,
+            _ => data_slice.len(),
+        };
         let pad = pad4(dlen) - dlen;
         let mut trailer = [0u8; 3 + DIGEST_LEN];
         let mut trailer_len = pad;
+        // File data is only queued without data digests (see
+        // `complete_read_from_file`).
         if dd && dlen > 0 {
             let crc = crc32c_of(&[data_slice, &[0u8; 3][..pad]]);
             trailer[pad..pad + DIGEST_LEN].copy_from_slice(&digest_bytes(crc));
@@ -1076,57 +1157,88 @@ impl<B: DataBuf> Connection<B> {
         }
     }
 
-    fn parts<'a>(slots: &'a [Option<B>], p: &'a OutPdu) -> [&'a [u8]; 3] {
-        let data: &[u8] = match &p.data {
-            OutData::None => &[],
-            OutData::Owned(v) => v,
-            OutData::Slot { slot, off, len } => slots
-                .get(*slot)
-                .and_then(|s| s.as_ref())
-                .and_then(|b| b.as_ref().get(*off..*off + *len))
-                .unwrap_or(&[]),
+    fn parts<'a>(slots: &'a [Option<B>], p: &'a OutPdu) -> [Part<'a>; 3] {
+        let data = match &p.data {
+            OutData::None => Part::Bytes(&[]),
+            OutData::Owned(v) => Part::Bytes(v),
+            OutData::Slot { slot, off, len } => Part::Bytes(
+                slots
+                    .get(*slot)
+                    .and_then(|s| s.as_ref())
+                    .and_then(|b| b.as_ref().get(*off..*off + *len))
+                    .unwrap_or(&[]),
+            ),
+            OutData::File { file, offset, len } => Part::File(file.0.as_fd(), *offset, *len),
         };
-        [&p.header[..p.header_len], data, &p.trailer[..p.trailer_len]]
+        [
+            Part::Bytes(&p.header[..p.header_len]),
+            data,
+            Part::Bytes(&p.trailer[..p.trailer_len]),
+        ]
     }
 
-    /// Write queued output with ONE `write_vectored` call of up to 64 slices;
-    /// advance by what was written and return that count.
+    /// Write queued output to a plain writer (file data is read and
+    /// written); see [`transmit`](Self::transmit).
     pub fn write_to(&mut self, w: &mut dyn Write) -> io::Result<usize> {
+        self.transmit(&mut Plain(w))
+    }
+
+    /// Write queued output with ONE call: a `send_vectored` of up to 64
+    /// slices (with `more` when file data comes right after them), or, when
+    /// file data is next, a `send_file`. Advance by what was written and
+    /// return that count.
+    pub fn transmit(&mut self, t: &mut dyn Transmit) -> io::Result<usize> {
         const MAX_SLICES: usize = 64;
         let mut bufs = [IoSlice::new(&[]); MAX_SLICES];
         let mut n = 0;
         let mut skip = self.out_offset;
+        let mut file_follows = false;
+        let mut file_sent = None;
         'outer: for p in &self.out {
             for part in Self::parts(&self.slots, p) {
-                if part.is_empty() {
+                let len = part.len();
+                if len == 0 {
                     continue;
                 }
-                if skip >= part.len() {
-                    skip -= part.len();
+                if skip >= len {
+                    skip -= len;
                     continue;
                 }
-                if n == MAX_SLICES {
-                    break 'outer;
+                match part {
+                    Part::Bytes(bytes) => {
+                        if n == MAX_SLICES {
+                            break 'outer;
+                        }
+                        bufs[n] = IoSlice::new(&bytes[skip..]);
+                        skip = 0;
+                        n += 1;
+                    }
+                    Part::File(fd, offset, len) if n == 0 => {
+                        file_sent = Some(t.send_file(fd, offset + skip as u64, len - skip)?);
+                        break 'outer;
+                    }
+                    Part::File(..) => {
+                        file_follows = true;
+                        break 'outer;
+                    }
                 }
-                bufs[n] = IoSlice::new(&part[skip..]);
-                skip = 0;
-                n += 1;
             }
+        }
+        if let Some(written) = file_sent {
+            self.advance_output(written);
+            return Ok(written);
         }
         if n == 0 {
             return Ok(0);
         }
-        let written = w.write_vectored(&bufs[..n])?;
+        let written = t.send_vectored(&bufs[..n], file_follows)?;
         self.advance_output(written);
         Ok(written)
     }
 
     fn advance_output(&mut self, mut written: usize) {
         while let Some(front) = self.out.front() {
-            let total: usize = Self::parts(&self.slots, front)
-                .iter()
-                .map(|p| p.len())
-                .sum();
+            let total: usize = Self::parts(&self.slots, front).iter().map(Part::len).sum();
             let left = total - self.out_offset;
             if written < left {
                 self.out_offset += written;
@@ -1722,6 +1834,43 @@ impl<B: DataBuf> Connection<B> {
 
     /// The target's completion of a command: Data-In and/or SCSI Response.
     pub fn complete_command(&mut self, itt: u32, response: CommandResponse<B>) {
+        self.complete(itt, response, None);
+    }
+
+    /// Whether Data-In may come from a file
+    /// ([`complete_read_from_file`](Self::complete_read_from_file)): not with
+    /// a data digest, which needs the bytes.
+    pub fn can_send_files(&self) -> bool {
+        !self.digests_active.1
+    }
+
+    /// Like [`complete_command`](Self::complete_command) for a read whose
+    /// first `response.data_len` bytes are `file`'s from `offset`: they go
+    /// out with sendfile(2) through [`transmit`](Self::transmit). Only when
+    /// [`can_send_files`](Self::can_send_files); otherwise the command ends
+    /// with CHECK CONDITION, HARDWARE ERROR / INTERNAL TARGET FAILURE.
+    pub fn complete_read_from_file(
+        &mut self,
+        itt: u32,
+        mut response: CommandResponse<B>,
+        file: FileData,
+        offset: u64,
+    ) {
+        if !self.can_send_files() {
+            let mut sense = [0u8; 18];
+            sense[0] = 0x70;
+            sense[2] = 0x04; // HARDWARE ERROR
+            sense[7] = 10;
+            sense[12] = 0x44; // INTERNAL TARGET FAILURE
+            response.status = CHECK_CONDITION;
+            response.sense = sense.to_vec();
+            response.data_len = 0;
+            return self.complete(itt, response, None);
+        }
+        self.complete(itt, response, Some((FileRef(file), offset)));
+    }
+
+    fn complete(&mut self, itt: u32, response: CommandResponse<B>, file: Option<(FileRef, u64)>) {
         let Some(mut task) = self.tasks.remove(&itt) else {
             if let Some(b) = response.data {
                 self.free_buffers.push_back(b);
@@ -1745,60 +1894,80 @@ impl<B: DataBuf> Connection<B> {
         let collapse = response.sense.is_empty();
         let mut data_sn = 0u32;
         let mut status_sent = false;
-        match response.data {
-            Some(buf) if task.read => {
-                let data_len = response
-                    .data_len
-                    .min(buf.as_ref().len())
-                    .min(task.edtl as usize);
-                if data_len == 0 {
+        enum Source {
+            Slot(usize),
+            File(FileRef, u64),
+        }
+        let edtl = task.edtl as usize;
+        let source = match (response.data, file) {
+            (Some(buf), _) if !task.read => {
+                self.free_buffers.push_back(buf);
+                None
+            }
+            (Some(buf), _) => {
+                let len = response.data_len.min(buf.as_ref().len()).min(edtl);
+                if len == 0 {
                     self.free_buffers.push_back(buf);
+                    None
                 } else {
-                    self.stats.read_bytes += data_len as u64;
-                    let slot = self.store_slot(buf);
-                    let mrdsl =
-                        (self.params.initiator_max_recv_data_segment_length as usize).max(512);
-                    let burst = (self.params.max_burst_length as usize).max(512);
-                    let mut off = 0;
-                    while off < data_len {
-                        let burst_left = burst - off % burst;
-                        let chunk = mrdsl.min(burst_left).min(data_len - off);
-                        let last = off + chunk == data_len;
-                        let status = if last && collapse {
-                            Some(response.status)
-                        } else {
-                            None
-                        };
-                        let sn = self.sn_fields(status.is_some());
-                        let di = DataIn {
-                            final_bit: last || chunk == burst_left,
-                            status,
-                            residual_flags: res_flags,
-                            residual: res_count,
-                            lun: task.lun,
-                            itt,
-                            data_sn,
-                            buffer_offset: off as u32,
-                            data_len: chunk,
-                        };
-                        let h = pdu::encode_data_in(&di, sn);
-                        self.queue(
-                            h,
-                            OutData::Slot {
-                                slot,
-                                off,
-                                len: chunk,
-                            },
-                            if last { Some(slot) } else { None },
-                        );
-                        data_sn = data_sn.wrapping_add(1);
-                        off += chunk;
-                    }
-                    status_sent = collapse;
+                    Some((Source::Slot(self.store_slot(buf)), len))
                 }
             }
-            Some(buf) => self.free_buffers.push_back(buf),
-            None => {}
+            (None, Some((file, offset))) if task.read && response.data_len.min(edtl) > 0 => {
+                Some((Source::File(file, offset), response.data_len.min(edtl)))
+            }
+            (None, _) => None,
+        };
+        if let Some((source, data_len)) = source {
+            self.stats.read_bytes += data_len as u64;
+            let mrdsl = (self.params.initiator_max_recv_data_segment_length as usize).max(512);
+            let burst = (self.params.max_burst_length as usize).max(512);
+            let mut off = 0;
+            while off < data_len {
+                let burst_left = burst - off % burst;
+                let chunk = mrdsl.min(burst_left).min(data_len - off);
+                let last = off + chunk == data_len;
+                let status = if last && collapse {
+                    Some(response.status)
+                } else {
+                    None
+                };
+                let sn = self.sn_fields(status.is_some());
+                let di = DataIn {
+                    final_bit: last || chunk == burst_left,
+                    status,
+                    residual_flags: res_flags,
+                    residual: res_count,
+                    lun: task.lun,
+                    itt,
+                    data_sn,
+                    buffer_offset: off as u32,
+                    data_len: chunk,
+                };
+                let h = pdu::encode_data_in(&di, sn);
+                let (data, release) = match &source {
+                    Source::Slot(slot) => (
+                        OutData::Slot {
+                            slot: *slot,
+                            off,
+                            len: chunk,
+                        },
+                        if last { Some(*slot) } else { None },
+                    ),
+                    Source::File(file, base) => (
+                        OutData::File {
+                            file: file.clone(),
+                            offset: base + off as u64,
+                            len: chunk,
+                        },
+                        None,
+                    ),
+                };
+                self.queue(h, data, release);
+                data_sn = data_sn.wrapping_add(1);
+                off += chunk;
+            }
+            status_sent = collapse;
         }
         if !status_sent {
             let mut payload = Vec::new();

@@ -4,7 +4,7 @@
 //! style): bytes go in through [`Connection::handle_input`], time through
 //! [`Connection::handle_timeout`], the target's answers through
 //! `accept_login`, `complete_command` and friends; events come out of
-//! [`Connection::poll_event`] and bytes out of [`Connection::write_to`]. No
+//! [`Connection::poll_event`] and bytes out of [`Connection::transmit`]. No
 //! sockets, threads or clocks live here.
 //!
 //! One connection per session for now (MaxConnections=1 is negotiated), so the
@@ -17,8 +17,8 @@ pub mod pdu;
 pub mod text;
 
 pub use connection::{
-    CommandResponse, Connection, ConnectionError, Event, LoginAccept, LoginInfo, Residual,
-    ScsiCommand, SendTargetsScope, TaskManagement,
+    CommandResponse, Connection, ConnectionError, Event, FileData, LoginAccept, LoginInfo, Plain,
+    Residual, ScsiCommand, SendTargetsScope, TaskManagement, Transmit,
 };
 pub use login::LoginStatus;
 pub use params::{SessionParams, SessionType, TargetConfig};

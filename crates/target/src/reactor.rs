@@ -7,9 +7,9 @@
 //! SCSI commands against the session's LUN snapshot, submits I/O to the
 //! store, and writes responses when completions arrive on its eventfd.
 
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -18,16 +18,19 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use nix::errno::Errno;
+use nix::sys::sendfile::sendfile64;
+use nix::sys::socket::{sendmsg, MsgFlags};
 use slab::Slab;
 use tracing::{debug, info, warn};
 
 use rtgt_backing::{
     completion_channel, AlignedBuf, BufPool, CompletionReceiver, CompletionSender, CopySource,
-    IoCompletion, IoOp, IoRequest,
+    FileRef, IoCompletion, IoOp, IoRequest,
 };
 use rtgt_iscsi::{
     CommandResponse, Connection, Event, LoginAccept, LoginInfo, LoginStatus, Residual, ScsiCommand,
-    SendTargetsScope, SessionType, TargetConfig, TaskManagement,
+    SendTargetsScope, SessionType, TargetConfig, TaskManagement, Transmit,
 };
 use rtgt_scsi::{
     lun_from_wire, pr::NexusIdentity, spc::RELATIVE_TARGET_PORT, Asc, Command, IoKind, IoPlan,
@@ -44,6 +47,12 @@ const COMPLETIONS: Token = Token(usize::MAX - 1);
 /// Reads per connection per wakeup before others get their turn: one busy
 /// connection must not starve the rest of its reactor.
 const READ_BUDGET: usize = 16;
+/// Reads at least this long are asked of the store by reference, so that a
+/// store on a memory medium lets the data go from the page cache to the
+/// socket (sendfile(2)) instead of being copied twice. Smaller ones are
+/// copied: their responses share one writev(2) per loop turn, where each
+/// sendfile would be a system call of its own.
+const SENDFILE_MIN: usize = 64 * 1024;
 /// How often connection timers (login timeout, NOP-In pings) are checked.
 const TIMER_TICK: Duration = Duration::from_millis(250);
 /// Extra receive-buffer room beyond one maximal PDU, so a read can pull in
@@ -784,6 +793,11 @@ impl Reactor {
                     source,
                     rate: (plan.sanitize && plan.kind == IoKind::WriteSame)
                         .then_some(rtgt_scsi::sbc::SANITIZE_OVERWRITE_RATE),
+                    // Large reads may go from the page cache to the socket
+                    // (sendfile) where the store allows it.
+                    by_reference: plan.kind == IoKind::Read
+                        && plan.len >= SENDFILE_MIN
+                        && conn.proto.can_send_files(),
                 };
                 let tag = self.inflight.insert(InFlight {
                     conn: idx,
@@ -921,6 +935,7 @@ impl Reactor {
                 continue;
             }
             let inf = self.inflight.remove(c.tag as usize);
+            let file = c.file.take();
             let resp = inf.lu.complete_io(&inf.plan, inf.result, &mut c.buf[..]);
             let live = self
                 .conns
@@ -932,11 +947,31 @@ impl Reactor {
                 continue;
             }
             let conn = &mut self.conns[inf.conn];
-            let data = if inf.plan.kind.buffer() == PlanBuffer::DataIn {
-                Some(c.buf)
-            } else {
-                self.pool.put(c.buf);
-                None
+            let data_in = inf.plan.kind.buffer() == PlanBuffer::DataIn;
+            let data = match file {
+                Some(file) if data_in => {
+                    // Sent from the store's file: the buffer was not used.
+                    self.pool.put(c.buf);
+                    let needed = inf.plan.transfer_len;
+                    finish_from_file(
+                        &mut conn.proto,
+                        inf.itt,
+                        &resp,
+                        file,
+                        inf.expected_len,
+                        needed,
+                    );
+                    if !conn.flush_queued {
+                        conn.flush_queued = true;
+                        touched.push(inf.conn);
+                    }
+                    continue;
+                }
+                _ if data_in => Some(c.buf),
+                _ => {
+                    self.pool.put(c.buf);
+                    None
+                }
             };
             let needed = match inf.plan.kind {
                 IoKind::Flush => 0,
@@ -970,7 +1005,7 @@ impl Reactor {
     fn flush(&mut self, idx: usize) {
         let conn = &mut self.conns[idx];
         while !conn.dead && conn.proto.wants_write() {
-            match conn.proto.write_to(&mut conn.stream) {
+            match conn.proto.transmit(&mut Socket(&mut conn.stream)) {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -1074,6 +1109,72 @@ fn recv_capacity(proto: &Connection<AlignedBuf>) -> usize {
             0
         }
 }
+
+/// A read's data from the store's file (the store answered by reference):
+/// Data-In goes out with sendfile(2), the status as for `finish`.
+fn finish_from_file(
+    proto: &mut Connection<AlignedBuf>,
+    itt: u32,
+    resp: &Response,
+    file: FileRef,
+    expected_len: u32,
+    needed: usize,
+) {
+    let data_len = resp.data_in_len.min(expected_len as usize);
+    let response = CommandResponse {
+        status: resp.status.0,
+        sense: resp
+            .sense
+            .as_ref()
+            .map(|s| s.to_fixed().to_vec())
+            .unwrap_or_default(),
+        data: None,
+        data_len,
+        residual: residual(needed, expected_len),
+    };
+    if data_len == 0 {
+        return proto.complete_command(itt, response);
+    }
+    proto.complete_read_from_file(itt, response, file.file, file.offset);
+}
+
+/// A connection's socket as the protocol's output: gathered writes, with
+/// MSG_MORE when file data follows (the header then shares a segment with
+/// it), and sendfile(2) for file data.
+struct Socket<'a>(&'a mut TcpStream);
+
+impl Transmit for Socket<'_> {
+    fn send_vectored(&mut self, bufs: &[IoSlice<'_>], more: bool) -> io::Result<usize> {
+        if !more {
+            return self.0.write_vectored(bufs);
+        }
+        // nix has no MSG_MORE constant (tcp(7): "more data to send").
+        let flags = MsgFlags::from_bits_retain(libc::MSG_MORE) | MsgFlags::MSG_NOSIGNAL;
+        loop {
+            match sendmsg::<()>(self.0.as_raw_fd(), bufs, &[], flags, None) {
+                Err(Errno::EINTR) => continue,
+                other => return other.map_err(io::Error::from),
+            }
+        }
+    }
+
+    fn send_file(&mut self, file: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<usize> {
+        let mut off = offset as libc::off_t;
+        loop {
+            match sendfile64(self.0.as_fd(), file, Some(&mut off), len) {
+                Err(Errno::EINTR) => continue,
+                // The file is shorter than the store was when it opened
+                // (truncated behind our back): zeros keep the stream framed,
+                // as a short read zero-fills.
+                Ok(0) => return self.0.write(&ZEROS[..len.min(ZEROS.len())]),
+                other => return other.map_err(io::Error::from),
+            }
+        }
+    }
+}
+
+/// Zeros for data past the end of a shrunken file.
+static ZEROS: [u8; 4096] = [0; 4096];
 
 /// Nothing is pending in `conn`'s receive buffer: give it back to the pool
 /// (or free it when the pool is full).

@@ -2057,3 +2057,156 @@ proptest! {
         prop_assert_eq!(pings, sent.len());
     }
 }
+
+// ----- Data-In sent from a file -------------------------------------------
+
+/// A file in the temp dir holding `data`, removed on drop.
+struct TempFile(std::path::PathBuf, Arc<std::fs::File>);
+
+impl TempFile {
+    fn new(tag: &str, data: &[u8]) -> TempFile {
+        let path = std::env::temp_dir().join(format!("rtgt-conn-{tag}-{}", std::process::id()));
+        std::fs::write(&path, data).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        TempFile(path, Arc::new(f))
+    }
+
+    fn data(&self) -> FileData {
+        Arc::clone(&self.1) as FileData
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Records how the connection drives a [`Transmit`]: gathered writes (and
+/// whether file data was announced after them) and file sends, each taking
+/// at most `max` bytes.
+struct Recorder {
+    out: Vec<u8>,
+    calls: Vec<String>,
+    max: usize,
+}
+
+impl Transmit for Recorder {
+    fn send_vectored(&mut self, bufs: &[IoSlice<'_>], more: bool) -> io::Result<usize> {
+        let mut n = 0;
+        for b in bufs {
+            let take = b.len().min(self.max - n);
+            self.out.extend_from_slice(&b[..take]);
+            n += take;
+        }
+        self.calls
+            .push(format!("writev {n}{}", if more { " more" } else { "" }));
+        Ok(n)
+    }
+
+    fn send_file(&mut self, file: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<usize> {
+        let n = Plain(&mut self.out).send_file(file, offset, len.min(self.max))?;
+        self.calls.push(format!("sendfile {offset} {n}"));
+        Ok(n)
+    }
+}
+
+/// A read answered from a file: Data-In PDUs split as for a buffer, the
+/// header announced with `more`, the data by `send_file` at the right file
+/// offsets (resuming after partial sends), the status in the last PDU.
+#[test]
+fn data_in_from_a_file() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    let content: Vec<u8> = (0..20000u32).map(|i| (i * 13) as u8).collect();
+    let file = TempFile::new("datain", &content);
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(5, true, false, true, 10000, sn, 0x28, false), &[]);
+    let _ = h.events();
+    assert!(h.c.can_send_files());
+    h.c.complete_read_from_file(
+        5,
+        CommandResponse {
+            status: 0,
+            sense: vec![],
+            data: None,
+            data_len: 10000,
+            residual: Residual::None,
+        },
+        file.data(),
+        1000,
+    );
+    let mut rec = Recorder {
+        out: Vec::new(),
+        calls: Vec::new(),
+        max: 3000,
+    };
+    while h.c.wants_write() {
+        assert!(h.c.transmit(&mut rec).unwrap() > 0);
+    }
+    assert_eq!(rec.calls[0], "writev 48 more");
+    assert_eq!(rec.calls[1], "sendfile 1000 3000");
+    assert_eq!(
+        rec.calls[2], "sendfile 4000 1096",
+        "resumes where it stopped"
+    );
+    let r = parse_target_pdus(&rec.out, false, false);
+    assert_eq!(r.len(), 3, "MaxRecvDataSegmentLength 4096");
+    let got: Vec<u8> = r.iter().flat_map(|p| p.data.clone()).collect();
+    assert_eq!(got, content[1000..11000]);
+    assert!(r.iter().all(|p| p.op() == Opcode::SCSI_DATA_IN));
+    assert_eq!(r[2].bhs.flags() & 0x01, 0x01, "status in the last Data-In");
+    assert_eq!(h.c.outstanding_tasks(), 0);
+    assert!(h.c.poll_free_buffer().is_none(), "no buffer was involved");
+}
+
+/// Past the end of the file, `Plain` sends zeros: the stream stays framed.
+#[test]
+fn data_in_past_the_end_of_a_file_is_zeros() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    let file = TempFile::new("short", &[0xaa; 1000]);
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(6, true, false, true, 3000, sn, 0x28, false), &[]);
+    let _ = h.events();
+    let response = CommandResponse {
+        status: 0,
+        sense: vec![],
+        data: None,
+        data_len: 3000,
+        residual: Residual::None,
+    };
+    h.c.complete_read_from_file(6, response, file.data(), 500);
+    let r = h.recv();
+    assert_eq!(r.len(), 1);
+    assert_eq!(&r[0].data[..500], &[0xaa; 500][..]);
+    assert!(r[0].data[500..].iter().all(|&b| b == 0));
+    assert_eq!(r[0].data.len(), 3000);
+}
+
+/// With a data digest the bytes must pass through the target: a read
+/// answered from a file is refused (CHECK CONDITION, HARDWARE ERROR,
+/// INTERNAL TARGET FAILURE) rather than sent without its digest.
+#[test]
+fn no_file_data_in_with_a_data_digest() {
+    let keys = OP_KEYS.replace("DataDigest=None", "DataDigest=CRC32C");
+    let mut h = login_normal(TargetConfig::default(), &keys);
+    assert!(h.dd);
+    assert!(!h.c.can_send_files());
+    let file = TempFile::new("digest", &[1u8; 4096]);
+    let sn = h.next_sn();
+    h.ok(scsi_bhs(7, true, false, true, 4096, sn, 0x28, false), &[]);
+    let _ = h.events();
+    let response = CommandResponse {
+        status: 0,
+        sense: vec![],
+        data: None,
+        data_len: 4096,
+        residual: Residual::None,
+    };
+    h.c.complete_read_from_file(7, response, file.data(), 0);
+    let r = h.recv();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].op(), Opcode::SCSI_RESPONSE);
+    assert_eq!(r[0].bhs.0[3], 0x02, "CHECK CONDITION");
+    assert_eq!(r[0].data[2 + 2] & 0x0f, 0x04, "HARDWARE ERROR");
+    assert_eq!(r[0].data[2 + 12], 0x44);
+}
