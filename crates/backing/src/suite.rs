@@ -1365,6 +1365,55 @@ fn engines_run_small_memory_io_inline() {
     }
 }
 
+/// A read asked by reference is answered with the file itself on a memory
+/// medium (the bytes at the reference are the data), and with the data in
+/// the buffer elsewhere and by every other engine.
+#[test]
+fn reads_by_reference_only_from_memory_media() {
+    use std::os::unix::fs::FileExt;
+    let dirs = [
+        tempfile::tempdir_in("/dev/shm").ok(),
+        tempfile::tempdir_in("/var/tmp").ok(),
+    ];
+    for (memory, dir) in [true, false].into_iter().zip(dirs) {
+        let Some(dir) = dir else {
+            eprintln!("skipping: no temp dir (memory medium: {memory})");
+            continue;
+        };
+        let path = sparse_file(dir.path(), 1 << 20);
+        let data = pattern(21, 128 * 1024);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.write_all_at(&data, 4096))
+            .expect("write the file");
+        for kind in [StoreKind::Rdwr, StoreKind::Aio, StoreKind::IoUring] {
+            let store = open_store(kind, &OpenOptions::new(&path)).expect("open");
+            let mut io = Io::new(Arc::clone(&store));
+            let mut buf = AlignedBuf::with_capacity(data.len());
+            buf.set_len(data.len());
+            let c = io.run_req(IoRequest::new(0, IoOp::Read, 4096, buf).with_by_reference(true));
+            assert_eq!(c.result, Ok(data.len()));
+            let by_reference = memory && kind != StoreKind::Rdwr;
+            match c.file {
+                Some(r) => {
+                    assert!(by_reference, "{kind:?} on memory: {memory}");
+                    assert_eq!(r.offset, 4096);
+                    let f = std::fs::File::from(r.file.as_fd().try_clone_to_owned().unwrap());
+                    let mut got = vec![0u8; data.len()];
+                    f.read_exact_at(&mut got, r.offset).unwrap();
+                    assert_eq!(got, data);
+                }
+                None => {
+                    assert!(!by_reference, "{kind:?} on memory: {memory}");
+                    assert_eq!(&c.buf[..], &data[..]);
+                }
+            }
+            store.close();
+        }
+    }
+}
+
 #[test]
 fn send_sync_bounds() {
     fn send_sync<T: Send + Sync>() {}
