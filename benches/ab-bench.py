@@ -18,18 +18,19 @@ ratios rtgt/tgt of the medians (IOPS: higher is better; CPU: lower is better).
 When iperf3 is installed, every round also measures what loopback TCP carries
 (one 3-second single-stream `iperf3` run against a one-off server on
 127.0.0.1), and the output gives its median and the 128k workloads' MB/s as a
-percentage of it: the ceiling that no iSCSI target over one TCP connection on
-this machine can pass.
+percentage of it: what one TCP connection carries on this machine when each
+side copies its data once, the yardstick for a target's large transfers.
 
 --medium DIR puts the LUN image files in DIR instead of /dev/shm; on a medium
 that is not tmpfs each image is first written full of zeros (so that reads hit
-allocated blocks, not holes), which needs 1 GiB free per daemon. --bsoflags
+allocated blocks, not holes), which needs 1 GiB free per image (one per
+daemon; one in all with --engines). --bsoflags
 FLAGS (e.g. `direct`) is passed to tgtadm for every LUN.
 
 --engines LIST (comma list, e.g. rdwr,aio,io_uring) compares rtgt's backing
 store engines instead of rtgt with tgt: one rtgt daemon per engine (its LUN
-made with `--bstype ENGINE`, on its own file in --medium), the same paired and
-alternated rounds, and a table with one column group per engine and, for
+made with `--bstype ENGINE`, all on one shared file in --medium, so that only
+the engine differs), the same paired and alternated rounds, and a table with one column group per engine and, for
 every engine after the first, its ratios to the FIRST engine of the list
 (engine/first: IOPS higher is better, CPU lower is better). For instance:
   benches/ab-bench.py --engines rdwr,aio,io_uring --medium /var/tmp --bsoflags direct
@@ -38,7 +39,7 @@ Usage:
   benches/ab-bench.py [--rounds 5] [--quick] [--bstype rdwr] [--json OUT]
                       [--rtgt-dir target/release] [--tgt /usr/sbin/tgtd]
                       [--medium /dev/shm] [--bsoflags direct]
-                      [--engines rdwr,aio,io_uring]
+                      [--engines rdwr,aio,io_uring] [--workloads read-128k-qd8,...]
 Run it as root (the daemons put their management socket in /var/run/tgtd),
 after `cargo build --release`. Debian packages: libiscsi-bin, qemu-utils,
 qemu-block-extra, tgt (optional: without it only rtgt is measured), iperf3
@@ -140,12 +141,15 @@ def make_image(path, allocate):
 
 
 class Target:
-    """One daemon with one LUN on its own file in the medium directory."""
+    """One daemon with one LUN on its own file in the medium directory, or
+    on `shared_image` (made and removed by the caller)."""
 
-    def __init__(self, name, tgtd, tgtadm, iqn, bstype, medium, bsoflags, allocate):
+    def __init__(self, name, tgtd, tgtadm, iqn, bstype, medium, bsoflags, allocate,
+                 shared_image=None):
         self.name, self.iqn, self.tgtadm = name, iqn, tgtadm
         self.proc = self.log = self.control = None
-        self.image = os.path.join(medium, f"ab-bench-{name}-{os.getpid()}.img")
+        self.shared = shared_image is not None
+        self.image = shared_image or os.path.join(medium, f"ab-bench-{name}-{os.getpid()}.img")
         self.engine = None
         try:
             self._start(tgtd, bstype, bsoflags, allocate)
@@ -154,13 +158,14 @@ class Target:
             raise
 
     def _start(self, tgtd, bstype, bsoflags, allocate):
-        if allocate:
-            print(f"{self.name}: writing {LUN_SIZE >> 20} MiB of zeros to {self.image}",
-                  flush=True)
-        try:
-            make_image(self.image, allocate)
-        except OSError as e:
-            raise BenchError(f"{self.name}: cannot create {self.image}: {e}") from None
+        if not self.shared:
+            if allocate:
+                print(f"{self.name}: writing {LUN_SIZE >> 20} MiB of zeros to {self.image}",
+                      flush=True)
+            try:
+                make_image(self.image, allocate)
+            except OSError as e:
+                raise BenchError(f"{self.name}: cannot create {self.image}: {e}") from None
         self.port, self.control = free_port(), free_control_port()
         self.log = open(f"/tmp/ab-bench-{self.name}-{os.getpid()}.log", "w")
         self.proc = subprocess.Popen(
@@ -230,7 +235,7 @@ class Target:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        paths = [self.image, self.log and self.log.name]
+        paths = [None if self.shared else self.image, self.log and self.log.name]
         if self.proc is not None:
             # The management socket (and tgt's lock file next to it) stay
             # behind when the daemon is killed: without this, every run would
@@ -411,7 +416,7 @@ def run(a):
     if not engines and not with_tgt:
         print(f"{a.tgt} not installed: measuring rtgt only")
     if allocate:
-        daemons = len(engines) if engines else 1 + with_tgt
+        daemons = 1 if engines else 1 + with_tgt
         st = os.statvfs(a.medium)
         if st.f_bavail * st.f_frsize < daemons * LUN_SIZE + (256 << 20):
             raise BenchError(f"--medium {a.medium}: {daemons} GiB of images (+256 MiB) "
@@ -422,11 +427,21 @@ def run(a):
 
     targets = []
     loopback = []
+    shared = None
     try:
         if engines:
+            # One image for every engine (they run one at a time): the same
+            # blocks of the same medium, so only the engine differs.
+            shared = os.path.join(a.medium, f"ab-bench-engines-{os.getpid()}.img")
+            if allocate:
+                print(f"writing {LUN_SIZE >> 20} MiB of zeros to {shared}", flush=True)
+            try:
+                make_image(shared, allocate)
+            except OSError as e:
+                raise BenchError(f"cannot create {shared}: {e}") from None
             for e in engines:
                 targets.append(Target(e, rtgt_tgtd, rtgt_tgtadm, IQN_RTGT, e, a.medium,
-                                      a.bsoflags, allocate))
+                                      a.bsoflags, allocate, shared_image=shared))
         else:
             targets.append(Target("rtgt", rtgt_tgtd, rtgt_tgtadm, IQN_RTGT, a.bstype,
                                   a.medium, a.bsoflags, allocate))
@@ -449,6 +464,11 @@ def run(a):
     finally:
         for t in targets:
             t.stop()
+        if shared:
+            try:
+                os.unlink(shared)
+            except OSError:
+                pass
 
     med = {t: {w: {k: statistics.median(r[k] for r in runs) for k in ("iops", "mbps", "cpu_us")}
                for w, runs in ws.items()} for t, ws in results.items()}
@@ -472,6 +492,8 @@ def run(a):
         for t in targets:
             pct[t.name] = {}
             for w in LOOPBACK_WORKLOADS:
+                if w not in med[t.name]:
+                    continue
                 pct[t.name][w] = 100 * med[t.name][w]["mbps"] / loop_med
                 print(f"{t.name} {w} = {pct[t.name][w]:.0f}% of loopback TCP")
     if a.json:
@@ -503,10 +525,19 @@ def main():
     ap.add_argument("--engines",
                     help="comma list of rtgt engines (e.g. rdwr,aio,io_uring): one rtgt "
                          "daemon per engine, compared with the first, instead of rtgt vs tgt")
+    ap.add_argument("--workloads",
+                    help="comma list of workloads to run (default: all of "
+                         + ", ".join(w[0] for w in WORKLOADS) + ")")
     ap.add_argument("--json")
     a = ap.parse_args()
     if a.rounds < 1:
         ap.error("--rounds must be at least 1")
+    if a.workloads:
+        wanted = a.workloads.split(",")
+        unknown = [n for n in wanted if n not in {w[0] for w in WORKLOADS}]
+        if unknown:
+            ap.error(f"unknown workload(s): {', '.join(unknown)}")
+        WORKLOADS[:] = [w for w in WORKLOADS if w[0] in wanted]
     # SIGTERM unwinds like Ctrl-C, so that the daemons are stopped and the files removed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
