@@ -12,7 +12,7 @@ on a machine where initiator and target share the cores, CPU per I/O is what
 tells target efficiency apart.
 
 Rounds are paired: each round runs every workload on both targets, in
-alternating order, and the table shows the median of the rounds and the
+alternating order (rotating, with more than two), and the table shows the median of the rounds and the
 ratios rtgt/tgt of the medians (IOPS: higher is better; CPU: lower is better).
 
 When iperf3 is installed, every round also measures what loopback TCP carries
@@ -456,7 +456,10 @@ def run(a):
                     loopback.append(loopback_tcp_mbps())
                 except BenchError as e:
                     print(f"round {rnd + 1}: no loopback TCP measure: {e}", flush=True)
-            order = targets if rnd % 2 == 0 else targets[::-1]
+            # Each target takes each place in turn (with two: alternate), so
+            # no target always runs after the same one.
+            k = rnd % len(targets)
+            order = targets[k:] + targets[:k]
             for w in WORKLOADS:
                 for t in order:
                     results[t.name][w[0]].append(run_workload(t, w, a.quick))

@@ -1,7 +1,8 @@
 //! Linux native AIO (io_setup(2), io_submit(2), io_getevents(2),
 //! io_destroy(2)) as an engine [`Backend`]: one context per reactor, at most
 //! [`AIO_MAX_EVENTS`] requests in the kernel, completions signalled on the
-//! reactor's eventfd with `IOCB_FLAG_RESFD`.
+//! reactor's eventfd with `IOCB_FLAG_RESFD`. The iocbs of one reactor loop
+//! turn go to the kernel together, with one io_submit(2) (`flush`).
 //!
 //! There is no well-kept crate for it, so the ABI of `linux/aio_abi.h` is
 //! spelled out here and the syscalls go through `libc::syscall`.
@@ -62,7 +63,21 @@ pub(crate) struct Aio {
     ctx: AioContext,
     resfd: RawFd,
     events: Vec<IoEvent>,
+    /// Queued by `submit`, handed to the kernel by `flush`.
+    queued: Vec<Iocb>,
+    /// io_submit(2)'s argument, rebuilt from `queued` (kept for its capacity).
+    pointers: Vec<*mut Iocb>,
+    /// Pieces the kernel refused at `flush`, with `-errno`: the next `reap`
+    /// reports them like finished ones.
+    refused: Vec<(u64, i64)>,
+    /// Submitted and not yet reaped.
+    in_kernel: usize,
 }
+
+// SAFETY: `pointers` only ever points into `queued` while `flush` runs; in
+// between it holds stale addresses that are never read. Everything else is
+// plain data, so moving an `Aio` to another thread is sound.
+unsafe impl Send for Aio {}
 
 impl Aio {
     /// io_setup(2) for [`AIO_MAX_EVENTS`] requests; completions will signal
@@ -86,7 +101,18 @@ impl Aio {
             ctx,
             resfd,
             events: vec![IoEvent::default(); AIO_MAX_EVENTS],
+            queued: Vec::with_capacity(AIO_MAX_EVENTS),
+            pointers: Vec::with_capacity(AIO_MAX_EVENTS),
+            refused: Vec::new(),
+            in_kernel: 0,
         })
+    }
+
+    /// Signal the eventfd, so the reactor's next drain calls `reap`.
+    fn signal(&self) {
+        // SAFETY: eventfd_write(3) on the channel's eventfd, which outlives
+        // the context; it only adds to an 8-byte counter.
+        unsafe { libc::eventfd_write(self.resfd, 1) };
     }
 
     /// io_getevents(2) for between `min` and [`AIO_MAX_EVENTS`] events,
@@ -114,6 +140,7 @@ impl Aio {
         // Other failures (EFAULT, EINVAL) cannot happen with these arguments;
         // treat them as "nothing finished".
         let n = usize::try_from(ret).unwrap_or(0).min(AIO_MAX_EVENTS);
+        self.in_kernel = self.in_kernel.saturating_sub(n);
         out.extend(self.events[..n].iter().map(|e| (e.data, e.res)));
     }
 }
@@ -162,41 +189,79 @@ impl Backend for Aio {
                 iocb.aio_fildes = fd as u32;
             }
         }
-        let mut list = [&mut iocb as *mut Iocb];
-        loop {
-            // SAFETY: io_submit(ctx, 1, iocbpp): `list` holds one pointer to
-            // a live, fully initialised iocb, which the kernel copies during
-            // the call. The buffer it names is kept alive and unmoved by the
-            // caller until the event is reaped (engine.rs, `Lane`).
+        // Not submitted yet: the reactor calls `flush` once per loop turn,
+        // so every request of that turn goes in with one io_submit(2).
+        self.queued.push(iocb);
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        let mut done = 0;
+        while done < self.queued.len() {
+            self.pointers.clear();
+            self.pointers
+                .extend(self.queued[done..].iter_mut().map(|i| i as *mut Iocb));
+            // SAFETY: io_submit(ctx, nr, iocbpp): `pointers` holds `nr`
+            // pointers to live, fully initialised iocbs in `queued`, which
+            // is not touched until the call returns; the kernel copies them
+            // during the call. The buffers they name are kept alive and
+            // unmoved by the caller until their events are reaped
+            // (engine.rs, `Lane`).
             let ret = unsafe {
                 libc::syscall(
                     libc::SYS_io_submit,
                     self.ctx,
-                    1 as libc::c_long,
-                    list.as_mut_ptr(),
+                    self.pointers.len() as libc::c_long,
+                    self.pointers.as_mut_ptr(),
                 )
             };
-            match ret {
-                1 => return Ok(()),
-                // io_submit(2): 0 submitted is not an error code; say EAGAIN.
-                0 => return Err(libc::EAGAIN),
-                _ => match std::io::Error::last_os_error().raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(e) => return Err(e),
-                    None => return Err(libc::EIO),
-                },
+            if ret > 0 {
+                let n = ret as usize;
+                done += n;
+                self.in_kernel += n;
+                continue;
             }
+            // io_submit(2) fails only if it took none: the error is the
+            // first iocb's (0 taken is not an error code: say EAGAIN).
+            let errno = if ret == 0 {
+                libc::EAGAIN
+            } else {
+                std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO)
+            };
+            match errno {
+                libc::EINTR => continue,
+                // Out of kernel resources while some are in use: the rest
+                // waits for the next flush (reap retries).
+                libc::EAGAIN if self.in_kernel > 0 => break,
+                e => {
+                    self.refused
+                        .push((self.queued[done].aio_data, -i64::from(e)));
+                    done += 1;
+                }
+            }
+        }
+        self.queued.drain(..done);
+        // Refusals are reported by `reap`: make the reactor call it. Iocbs
+        // left queued go with the next flush, at the latest when an event
+        // of those in the kernel signals.
+        if !self.refused.is_empty() {
+            self.signal();
         }
     }
 
     fn reap(&mut self, out: &mut Vec<(u64, i64)>, block: bool) {
         // min_nr 0 with a zero timeout returns at once (io_getevents(2));
         // blocking waits up to 100 ms for one event (teardown only).
+        self.flush();
+        out.append(&mut self.refused);
         let timeout = libc::timespec {
             tv_sec: 0,
             tv_nsec: if block { 100_000_000 } else { 0 },
         };
-        self.getevents(usize::from(block), timeout, out);
+        let wait = block && self.in_kernel > 0;
+        self.getevents(usize::from(wait), timeout, out);
     }
 }
 

@@ -233,8 +233,9 @@ impl CompletionReceiver {
     }
 
     /// Hand the requests the engines queued since the last call to the kernel
-    /// (io_uring batches its submissions). Call it before waiting for the
-    /// eventfd: the reactor does once per loop turn, right before `poll`.
+    /// (io_uring and AIO batch their submissions). Call it before waiting for
+    /// the eventfd: the reactor does after each connection's input and right
+    /// before `poll`.
     pub fn flush_submissions(&self) {
         if self.shared.engines_used.load(Ordering::Acquire) {
             self.shared.engines().flush();

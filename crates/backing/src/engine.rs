@@ -139,9 +139,10 @@ pub(crate) trait Backend {
     /// Append finished pieces to `out`; with `block`, wait for at least one
     /// (briefly, teardown only).
     fn reap(&mut self, out: &mut Vec<(u64, i64)>, block: bool);
-    /// Hand what `submit` queued to the kernel, for queues that batch
-    /// (io_uring: one io_uring_enter(2) per reactor loop turn).
-    fn flush(&mut self) {}
+    /// Hand what `submit` queued to the kernel: one io_uring_enter(2) or
+    /// io_submit(2) per reactor loop turn. What the kernel refuses then is
+    /// reported by the next `reap` (the eventfd is signalled for it).
+    fn flush(&mut self);
 }
 
 /// A request in a lane.
@@ -456,6 +457,9 @@ impl Default for Engines {
 impl Engines {
     /// Submit what the queues hold (see [`Backend::flush`]).
     pub(crate) fn flush(&mut self) {
+        if let Slot::Ready(lane) = &mut self.aio {
+            lane.backend.flush();
+        }
         if let Slot::Ready(lane) = &mut self.uring {
             lane.backend.flush();
         }

@@ -285,8 +285,8 @@ impl Reactor {
             while self.done_rx.take_local() {
                 self.drain_completions(false);
             }
-            // Everything this turn queued for io_uring goes to the kernel in
-            // one system call, before we sleep.
+            // Whatever this turn still queued for the kernel (io_uring, AIO)
+            // goes in with one system call, before we sleep.
             self.done_rx.flush_submissions();
             let timeout = if self.again.is_empty() {
                 self.next_timer_check
@@ -396,6 +396,10 @@ impl Reactor {
     fn service(&mut self, idx: usize, readable: bool) {
         if readable {
             self.read_input(idx);
+            // The connection's commands go to the kernel queues now, not at
+            // the end of the loop turn: the disk starts on them while this
+            // turn still sends other connections' (and this one's) data.
+            self.done_rx.flush_submissions();
         }
         self.flush(idx);
     }
