@@ -70,8 +70,8 @@ WORKLOADS = [
     ("read-4k-qd1", "qemu", "4k", 1, False, 20000),
     ("write-4k-qd32", "qemu", "4k", 32, True, 100000),
     ("read-4k-qd32", "qemu", "4k", 32, False, 100000),
-    ("write-128k-qd8", "qemu", "128k", 8, True, 8000),
-    ("read-128k-qd8", "qemu", "128k", 8, False, 8000),
+    ("write-128k-qd8", "qemu", "128k", 8, True, 40000),
+    ("read-128k-qd8", "qemu", "128k", 8, False, 40000),
     ("randread-4k-qd32", "perf", "4k", 32, False, 5),  # iscsi-perf: seconds
 ]
 # The workloads whose MB/s is compared with loopback TCP.
