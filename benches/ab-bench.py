@@ -21,7 +21,10 @@ When iperf3 is installed, every round also measures what loopback TCP carries
 percentage of it: what one TCP connection carries on this machine when each
 side copies its data once, the yardstick for a target's large transfers.
 
---medium DIR puts the LUN image files in DIR instead of /dev/shm; on a medium
+--medium DIR puts the LUN image files in DIR instead of /dev/shm (with
+--engines it may also be a block device, used as the LUN itself and
+OVERWRITTEN by the write workloads; e.g. a loop device over a tmpfs file
+takes the disk's own noise out of an engine comparison); on a medium
 that is not tmpfs each image is first written full of zeros (so that reads hit
 allocated blocks, not holes), which needs 1 GiB free per image (one per
 daemon; one in all with --engines). --bsoflags
@@ -54,6 +57,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import statistics
 import subprocess
 import sys
@@ -402,10 +406,14 @@ def run(a):
         if a.bstype:
             raise BenchError("--engines and --bstype exclude each other "
                              "(--engines sets every LUN's bstype)")
-    if not os.path.isdir(a.medium):
-        raise BenchError(f"--medium {a.medium}: not a directory")
-    fstype = fs_type(a.medium)
-    allocate = fstype not in ("tmpfs", "ramfs")
+    device = os.path.exists(a.medium) and stat.S_ISBLK(os.stat(a.medium).st_mode)
+    if device and not engines:
+        raise BenchError(f"--medium {a.medium}: a block device needs --engines "
+                         f"(its blocks are shared by the daemons; tgt's are not compared)")
+    if not device and not os.path.isdir(a.medium):
+        raise BenchError(f"--medium {a.medium}: not a directory or a block device")
+    fstype = "block device" if device else fs_type(a.medium)
+    allocate = not device and fstype not in ("tmpfs", "ramfs")
     rtgt_tgtd = os.path.join(a.rtgt_dir, "tgtd")
     rtgt_tgtadm = os.path.join(a.rtgt_dir, "tgtadm")
     for path in (rtgt_tgtd, rtgt_tgtadm):
@@ -432,16 +440,21 @@ def run(a):
         if engines:
             # One image for every engine (they run one at a time): the same
             # blocks of the same medium, so only the engine differs.
-            shared = os.path.join(a.medium, f"ab-bench-engines-{os.getpid()}.img")
-            if allocate:
-                print(f"writing {LUN_SIZE >> 20} MiB of zeros to {shared}", flush=True)
-            try:
-                make_image(shared, allocate)
-            except OSError as e:
-                raise BenchError(f"cannot create {shared}: {e}") from None
+            if device:
+                # The LUN is the device itself (its contents are overwritten
+                # by the write workloads); nothing to create or remove.
+                image = a.medium
+            else:
+                image = shared = os.path.join(a.medium, f"ab-bench-engines-{os.getpid()}.img")
+                if allocate:
+                    print(f"writing {LUN_SIZE >> 20} MiB of zeros to {shared}", flush=True)
+                try:
+                    make_image(shared, allocate)
+                except OSError as e:
+                    raise BenchError(f"cannot create {shared}: {e}") from None
             for e in engines:
                 targets.append(Target(e, rtgt_tgtd, rtgt_tgtadm, IQN_RTGT, e, a.medium,
-                                      a.bsoflags, allocate, shared_image=shared))
+                                      a.bsoflags, allocate, shared_image=image))
         else:
             targets.append(Target("rtgt", rtgt_tgtd, rtgt_tgtadm, IQN_RTGT, a.bstype,
                                   a.medium, a.bsoflags, allocate))
