@@ -651,10 +651,13 @@ impl RdwrStore {
 
         // ramfs(5) has no constant in nix: RAMFS_MAGIC from <linux/magic.h>.
         const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
-        let in_memory = nix::sys::statfs::fstatfs(&file).is_ok_and(|fs| {
-            let t = fs.filesystem_type();
-            t == nix::sys::statfs::TMPFS_MAGIC || t.0 as libc::c_long == RAMFS_MAGIC
-        });
+        // Regular files only: statfs(2) of a device node describes the file
+        // system the node lives on (devtmpfs says tmpfs), not the device.
+        let in_memory = ft.is_file()
+            && nix::sys::statfs::fstatfs(&file).is_ok_and(|fs| {
+                let t = fs.filesystem_type();
+                t == nix::sys::statfs::TMPFS_MAGIC || t.0 as libc::c_long == RAMFS_MAGIC
+            });
         let shared = Arc::new(Shared {
             file,
             buffered,

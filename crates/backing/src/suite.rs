@@ -1170,6 +1170,45 @@ fn rdwr_block_device_size() {
     eprintln!("skipping block device test: no readable block device");
 }
 
+/// Only regular files on tmpfs/ramfs count as memory media. A block device
+/// node lives on devtmpfs, whose statfs(2) says tmpfs: such a device must
+/// still be read through the kernel queue, never inline on the reactor or
+/// by reference from its page cache.
+#[test]
+fn only_files_on_tmpfs_are_memory_media() {
+    if let Ok(dir) = tempfile::tempdir_in("/dev/shm") {
+        let path = sparse_file(dir.path(), 1 << 20);
+        let store = crate::rdwr::RdwrStore::open(&OpenOptions::new(&path)).expect("open");
+        assert!(store.in_memory(), "a file on /dev/shm");
+        store.close();
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = sparse_file(dir.path(), 1 << 20);
+    let on_disk = crate::rdwr::RdwrStore::open(&OpenOptions::new(&path)).expect("open");
+    let expect_disk = nix::sys::statfs::statfs(dir.path())
+        .map(|fs| fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC)
+        .unwrap_or(true);
+    assert_eq!(on_disk.in_memory(), !expect_disk, "{}", path.display());
+    on_disk.close();
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dev = Path::new("/dev").join(entry.file_name());
+        let opts = OpenOptions {
+            readonly: true,
+            worker_threads: 1,
+            ..OpenOptions::new(&dev)
+        };
+        if let Ok(store) = crate::rdwr::RdwrStore::open(&opts) {
+            assert!(!store.in_memory(), "{} is a block device", dev.display());
+            store.close();
+            return;
+        }
+    }
+    eprintln!("no readable block device: only the file cases were checked");
+}
+
 #[test]
 fn open_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
