@@ -65,19 +65,12 @@ pub(crate) struct Aio {
     events: Vec<IoEvent>,
     /// Queued by `submit`, handed to the kernel by `flush`.
     queued: Vec<Iocb>,
-    /// io_submit(2)'s argument, rebuilt from `queued` (kept for its capacity).
-    pointers: Vec<*mut Iocb>,
     /// Pieces the kernel refused at `flush`, with `-errno`: the next `reap`
     /// reports them like finished ones.
     refused: Vec<(u64, i64)>,
     /// Submitted and not yet reaped.
     in_kernel: usize,
 }
-
-// SAFETY: `pointers` only ever points into `queued` while `flush` runs; in
-// between it holds stale addresses that are never read. Everything else is
-// plain data, so moving an `Aio` to another thread is sound.
-unsafe impl Send for Aio {}
 
 impl Aio {
     /// io_setup(2) for [`AIO_MAX_EVENTS`] requests; completions will signal
@@ -102,7 +95,6 @@ impl Aio {
             resfd,
             events: vec![IoEvent::default(); AIO_MAX_EVENTS],
             queued: Vec::with_capacity(AIO_MAX_EVENTS),
-            pointers: Vec::with_capacity(AIO_MAX_EVENTS),
             refused: Vec::new(),
             in_kernel: 0,
         })
@@ -197,22 +189,25 @@ impl Backend for Aio {
 
     fn flush(&mut self) {
         let mut done = 0;
+        let mut pointers = [std::ptr::null_mut::<Iocb>(); AIO_MAX_EVENTS];
         while done < self.queued.len() {
-            self.pointers.clear();
-            self.pointers
-                .extend(self.queued[done..].iter_mut().map(|i| i as *mut Iocb));
-            // SAFETY: io_submit(ctx, nr, iocbpp): `pointers` holds `nr`
-            // pointers to live, fully initialised iocbs in `queued`, which
-            // is not touched until the call returns; the kernel copies them
-            // during the call. The buffers they name are kept alive and
+            let mut nr = 0;
+            for (p, iocb) in pointers.iter_mut().zip(&mut self.queued[done..]) {
+                *p = iocb;
+                nr += 1;
+            }
+            // SAFETY: io_submit(ctx, nr, iocbpp): the first `nr` entries of
+            // `pointers` point to live, fully initialised iocbs in `queued`,
+            // which is not touched until the call returns; the kernel copies
+            // them during the call. The buffers they name are kept alive and
             // unmoved by the caller until their events are reaped
             // (engine.rs, `Lane`).
             let ret = unsafe {
                 libc::syscall(
                     libc::SYS_io_submit,
                     self.ctx,
-                    self.pointers.len() as libc::c_long,
-                    self.pointers.as_mut_ptr(),
+                    nr as libc::c_long,
+                    pointers.as_mut_ptr(),
                 )
             };
             if ret > 0 {

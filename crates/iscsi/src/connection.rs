@@ -373,14 +373,19 @@ impl DataError {
             DataError::IncorrectAmount => (0x0c, 0x0d),
             DataError::InvalidTtt => (0x4b, 0x01),
         };
-        let mut s = [0u8; 18];
-        s[0] = 0x70;
-        s[2] = 0x0b; // ABORTED COMMAND
-        s[7] = 10;
-        s[12] = asc;
-        s[13] = ascq;
-        s
+        fixed_sense(0x0b, asc, ascq) // ABORTED COMMAND
     }
+}
+
+/// Fixed-format sense data (SPC-4 §4.5.3): current error, `key`, ASC/ASCQ.
+fn fixed_sense(key: u8, asc: u8, ascq: u8) -> [u8; 18] {
+    let mut s = [0u8; 18];
+    s[0] = 0x70;
+    s[2] = key;
+    s[7] = 10; // additional sense length
+    s[12] = asc;
+    s[13] = ascq;
+    s
 }
 
 /// Where a non-immediate request's CmdSN falls (§4.2.2.1).
@@ -1857,13 +1862,9 @@ impl<B: DataBuf> Connection<B> {
         offset: u64,
     ) {
         if !self.can_send_files() {
-            let mut sense = [0u8; 18];
-            sense[0] = 0x70;
-            sense[2] = 0x04; // HARDWARE ERROR
-            sense[7] = 10;
-            sense[12] = 0x44; // INTERNAL TARGET FAILURE
+            // HARDWARE ERROR, INTERNAL TARGET FAILURE.
             response.status = CHECK_CONDITION;
-            response.sense = sense.to_vec();
+            response.sense = fixed_sense(0x04, 0x44, 0x00).to_vec();
             response.data_len = 0;
             return self.complete(itt, response, None);
         }

@@ -956,25 +956,12 @@ impl Reactor {
                 Some(file) if data_in => {
                     // Sent from the store's file: the buffer was not used.
                     self.pool.put(c.buf);
-                    let needed = inf.plan.transfer_len;
-                    finish_from_file(
-                        &mut conn.proto,
-                        inf.itt,
-                        &resp,
-                        file,
-                        inf.expected_len,
-                        needed,
-                    );
-                    if !conn.flush_queued {
-                        conn.flush_queued = true;
-                        touched.push(inf.conn);
-                    }
-                    continue;
+                    DataIn::File(file)
                 }
-                _ if data_in => Some(c.buf),
+                _ if data_in => DataIn::Buffer(c.buf),
                 _ => {
                     self.pool.put(c.buf);
-                    None
+                    DataIn::None
                 }
             };
             let needed = match inf.plan.kind {
@@ -982,7 +969,7 @@ impl Reactor {
                 IoKind::Extents => resp.data_in_len,
                 _ => inf.plan.transfer_len,
             };
-            finish(
+            respond(
                 &mut conn.proto,
                 inf.itt,
                 &resp,
@@ -1112,34 +1099,6 @@ fn recv_capacity(proto: &Connection<AlignedBuf>) -> usize {
         } else {
             0
         }
-}
-
-/// A read's data from the store's file (the store answered by reference):
-/// Data-In goes out with sendfile(2), the status as for `finish`.
-fn finish_from_file(
-    proto: &mut Connection<AlignedBuf>,
-    itt: u32,
-    resp: &Response,
-    file: FileRef,
-    expected_len: u32,
-    needed: usize,
-) {
-    let data_len = resp.data_in_len.min(expected_len as usize);
-    let response = CommandResponse {
-        status: resp.status.0,
-        sense: resp
-            .sense
-            .as_ref()
-            .map(|s| s.to_fixed().to_vec())
-            .unwrap_or_default(),
-        data: None,
-        data_len,
-        residual: residual(needed, expected_len),
-    };
-    if data_len == 0 {
-        return proto.complete_command(itt, response);
-    }
-    proto.complete_read_from_file(itt, response, file.file, file.offset);
 }
 
 /// A connection's socket as the protocol's output: gathered writes, with
@@ -1388,25 +1347,54 @@ fn finish(
     expected_len: u32,
     needed: usize,
 ) {
+    let data = data.map_or(DataIn::None, DataIn::Buffer);
+    respond(proto, itt, resp, data, expected_len, needed);
+}
+
+/// Where a command's Data-In comes from.
+enum DataIn {
+    None,
+    /// The command's buffer (its first `data_in_len` bytes).
+    Buffer(AlignedBuf),
+    /// The store's file (a read answered by reference): sent with sendfile(2).
+    File(FileRef),
+}
+
+/// [`finish`] for any [`DataIn`].
+fn respond(
+    proto: &mut Connection<AlignedBuf>,
+    itt: u32,
+    resp: &Response,
+    data: DataIn,
+    expected_len: u32,
+    needed: usize,
+) {
     let expected = expected_len as usize;
-    let residual = residual(needed, expected_len);
-    let data_len = data
-        .as_ref()
-        .map_or(0, |b| resp.data_in_len.min(expected).min(b.len()));
-    proto.complete_command(
-        itt,
-        CommandResponse {
-            status: resp.status.0,
-            sense: resp
-                .sense
-                .as_ref()
-                .map(|s| s.to_fixed().to_vec())
-                .unwrap_or_default(),
-            data,
-            data_len,
-            residual,
-        },
-    );
+    let data_len = match &data {
+        DataIn::None => 0,
+        DataIn::Buffer(b) => resp.data_in_len.min(expected).min(b.len()),
+        DataIn::File(_) => resp.data_in_len.min(expected),
+    };
+    let (data, file) = match data {
+        DataIn::None => (None, None),
+        DataIn::Buffer(b) => (Some(b), None),
+        DataIn::File(f) => (None, Some(f)),
+    };
+    let response = CommandResponse {
+        status: resp.status.0,
+        sense: resp
+            .sense
+            .as_ref()
+            .map(|s| s.to_fixed().to_vec())
+            .unwrap_or_default(),
+        data,
+        data_len,
+        residual: residual(needed, expected_len),
+    };
+    match file {
+        Some(f) if data_len > 0 => proto.complete_read_from_file(itt, response, f.file, f.offset),
+        _ => proto.complete_command(itt, response),
+    }
 }
 
 #[cfg(test)]
