@@ -3,6 +3,10 @@
 //! within a bounded wait, and the daemon must keep serving everyone else: a
 //! QEMU run started before the garbage finishes cleanly, `iscsi-ls` still
 //! lists the target afterwards, and the process is still alive.
+//!
+//! Also over raw TCP, because no initiator tool paces itself this way: a
+//! pipelining initiator that stops short of the batch the target's receive
+//! coalescing waits for still gets every answer.
 
 mod common;
 
@@ -590,4 +594,79 @@ fn a_peer_that_never_reads_cannot_grow_the_target() {
     );
     drop(s);
     d.assert_alive("after the flood");
+}
+
+/// Receive coalescing (`--iscsi rx_coalesce`) waits for a batch only while
+/// the initiator is behind on our answers; an initiator that then stops
+/// sending must still have its last commands read, when the wait runs out.
+/// Bursts of TEST UNIT READY acknowledge nothing (ExpStatSN stays at its
+/// login value), so once they are answered the initiator looks many answers
+/// behind and the target waits for more; then one to three stragglers come,
+/// fewer than it waits for. Every command must be answered, in order, and a
+/// queue-depth-1 phase afterwards must run as usual.
+#[test]
+fn commands_short_of_a_coalescing_batch_are_still_answered() {
+    let mut d = Tgtd::start(TgtdOpts::default());
+    d.new_target_with_lun(1, IQN, GIB);
+    let mut s = connect(&d);
+    let (mut cmdsn, login_statsn) = login(&d, &mut s);
+    let mut itt = 0x100u32;
+    let expect = |s: &mut TcpStream, itt: u32, what: &str| {
+        let p = match read_pdu(s) {
+            Ok(Some(p)) => p,
+            other => panic!(
+                "{what}: no answer to ITT {itt:#x} ({:?})\n--- daemon ---\n{}",
+                other.map(|p| p.map(|p| p.opcode())),
+                d.log()
+            ),
+        };
+        assert_eq!(p.opcode(), 0x21, "{what}: SCSI Response expected");
+        assert_eq!(
+            u32::from_be_bytes([p.bhs[16], p.bhs[17], p.bhs[18], p.bhs[19]]),
+            itt,
+            "{what}: answers in order"
+        );
+        // (The first may carry the power-on UNIT ATTENTION: any status will do.)
+    };
+    for (burst, stragglers) in [(12u32, 1u32), (20, 3), (9, 2), (32, 1)] {
+        let mut bytes = Vec::new();
+        for _ in 0..burst {
+            bytes.extend_from_slice(&scsi_tur_bhs(
+                itt + bytes.len() as u32 / 48,
+                cmdsn,
+                login_statsn,
+            ));
+            cmdsn += 1;
+        }
+        s.write_all(&bytes).expect("send a burst");
+        for i in 0..burst {
+            expect(&mut s, itt + i, "burst");
+        }
+        itt += burst;
+        // The target decides before it sleeps; give it the moment.
+        thread::sleep(Duration::from_millis(5));
+        for i in 0..stragglers {
+            s.write_all(&scsi_tur_bhs(itt + i, cmdsn, login_statsn))
+                .expect("send a straggler");
+            cmdsn += 1;
+        }
+        for i in 0..stragglers {
+            expect(&mut s, itt + i, "straggler");
+        }
+        itt += stragglers;
+    }
+    // Queue depth 1, every answer acknowledged.
+    let mut statsn = None;
+    for _ in 0..50 {
+        let exp = statsn.map_or(login_statsn, |sn: u32| sn + 1);
+        s.write_all(&scsi_tur_bhs(itt, cmdsn, exp)).expect("send");
+        cmdsn += 1;
+        let p = read_pdu(&mut s).expect("read").expect("an answer");
+        assert_eq!(p.opcode(), 0x21);
+        statsn = Some(u32::from_be_bytes([
+            p.bhs[24], p.bhs[25], p.bhs[26], p.bhs[27],
+        ]));
+        itt += 1;
+    }
+    d.assert_alive("after the stragglers");
 }

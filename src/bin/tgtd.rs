@@ -42,7 +42,9 @@ struct Args {
     #[arg(short = 'd', long = "debug", default_value_t = 0)]
     debug: u32,
     /// iSCSI driver options, comma separated: portal=ADDR:PORT (repeatable),
-    /// nop_interval=SECONDS, nop_count=N.
+    /// nop_interval=SECONDS, nop_count=N, rx_coalesce=MICROSECONDS (longest a
+    /// command waits to be read with the next ones while its initiator is
+    /// behind on our answers; 0 reads every command at once; default 200).
     #[arg(long = "iscsi", value_name = "OPTIONS")]
     iscsi: Vec<String>,
     /// Reactor threads (default: online CPUs).
@@ -57,6 +59,9 @@ struct Args {
     #[arg(long, default_value = "/var/tmp/rtgt-quickstart.img")]
     quickstart_file: PathBuf,
 }
+
+/// A coalescing wait beyond this would be felt as a stall, not a batch.
+const MAX_RX_COALESCE_US: u64 = 10_000;
 
 fn iscsi_options(args: &Args) -> Result<(Vec<SocketAddr>, TargetConfig)> {
     let mut portals = Vec::new();
@@ -73,6 +78,13 @@ fn iscsi_options(args: &Args) -> Result<(Vec<SocketAddr>, TargetConfig)> {
                     cfg.nop_interval = (s > 0).then(|| Duration::from_secs(s));
                 }
                 "nop_count" => cfg.nop_count = v.parse().context("--iscsi nop_count")?,
+                "rx_coalesce" => {
+                    let us: u64 = v.parse().context("--iscsi rx_coalesce")?;
+                    if us > MAX_RX_COALESCE_US {
+                        bail!("--iscsi rx_coalesce: {us} µs is more than {MAX_RX_COALESCE_US}");
+                    }
+                    cfg.rx_coalesce = (us > 0).then(|| Duration::from_micros(us));
+                }
                 _ => bail!("--iscsi: unknown option {k:?}"),
             }
         }

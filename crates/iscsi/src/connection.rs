@@ -298,6 +298,18 @@ struct Task<B> {
     failed: Option<DataError>,
 }
 
+/// What a SCSI Command said about the initiator that sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitiatorPace {
+    /// Responses we have sent that its ExpStatSN did not acknowledge: how far
+    /// behind on our answers the initiator is, as far as we know.
+    pub backlog: u32,
+    /// Size of the command's PDU on the wire, immediate data included.
+    pub command_bytes: u32,
+    /// SCSI Commands received since the pace was last taken.
+    pub commands: u32,
+}
+
 /// SCSI status CHECK CONDITION (SAM-5 §5.3.1).
 const CHECK_CONDITION: u8 = 0x02;
 
@@ -459,6 +471,13 @@ pub struct Connection<B> {
     digests_active: (bool, bool),
 
     stat_sn: u32,
+    /// StatSN of the first response not yet handed to the transport: all
+    /// before it have been sent.
+    sent_stat_sn: u32,
+    /// ExpStatSN and PDU size of the latest SCSI Command, and how many came
+    /// since [`take_initiator_pace`](Self::take_initiator_pace) last read them.
+    latest_command: Option<(u32, u32)>,
+    commands_since_pace: u32,
     exp_cmd_sn: u32,
     max_cmd_sn: u32,
     ahead: HashMap<u32, Waiting>,
@@ -518,6 +537,9 @@ impl<B: DataBuf> Connection<B> {
             params,
             digests_active: (false, false),
             stat_sn: 0,
+            sent_stat_sn: 0,
+            latest_command: None,
+            commands_since_pace: 0,
             exp_cmd_sn: 0,
             max_cmd_sn: 0,
             ahead: HashMap::new(),
@@ -560,6 +582,45 @@ impl<B: DataBuf> Connection<B> {
     /// Number of tasks the connection knows (gathering data or running).
     pub fn outstanding_tasks(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// The initiator's pace as the latest SCSI Command showed it, once per
+    /// command: `None` if no command arrived since the last call, or if this
+    /// connection is waiting for the peer — during login, while a task still
+    /// gathers write data, a CmdSN gap waits to be filled, a text exchange or
+    /// a ping waits for its answer. Then the peer's next bytes are awaited
+    /// and must be read as soon as they arrive.
+    pub fn take_initiator_pace(&mut self) -> Option<InitiatorPace> {
+        let (exp_stat_sn, command_bytes) = self.latest_command.take()?;
+        let commands = std::mem::take(&mut self.commands_since_pace);
+        // ExpStatSN acknowledges our responses (§4.2.2.2): those sent since
+        // are answers the initiator had not taken in when it issued its
+        // latest command, or has not yet. A value outside what we sent says
+        // nothing (a sequence error is not ours to judge here).
+        let unacknowledged = self.sent_stat_sn.wrapping_sub(exp_stat_sn);
+        let pace = InitiatorPace {
+            backlog: if unacknowledged <= self.max_tasks() as u32 {
+                unacknowledged
+            } else {
+                0
+            },
+            command_bytes,
+            commands,
+        };
+        let waiting = self.phase != Phase::FullFeature
+            || !self.ahead.is_empty()
+            || self.placement.is_some()
+            || self.skip > 0
+            || self.text_in_ttt.is_some()
+            || self.text_out.is_some()
+            || self.pending_send_targets.is_some()
+            || self.ping_ttt.is_some()
+            || self.tasks.values().any(|t| !t.data_complete);
+        if waiting {
+            None
+        } else {
+            Some(pace)
+        }
     }
 
     /// PDUs queued for sending: a driver stops reading from a peer that does
@@ -1241,7 +1302,14 @@ impl<B: DataBuf> Connection<B> {
         Ok(written)
     }
 
-    fn advance_output(&mut self, mut written: usize) {
+    fn advance_output(&mut self, written: usize) {
+        self.advance_output_queue(written);
+        if self.out.is_empty() {
+            self.sent_stat_sn = self.stat_sn;
+        }
+    }
+
+    fn advance_output_queue(&mut self, mut written: usize) {
         while let Some(front) = self.out.front() {
             let total: usize = Self::parts(&self.slots, front).iter().map(Part::len).sum();
             let left = total - self.out_offset;
@@ -1469,6 +1537,15 @@ impl<B: DataBuf> Connection<B> {
         if let Some(p) = pending {
             self.skip += p.bytes + p.pad;
         }
+        let (hd, dd) = self.digests_active;
+        let data_len = pad4(data.len() + pending.map_or(0, |p| p.bytes));
+        let wire_len = BHS_LEN
+            + ahs.len()
+            + if hd { DIGEST_LEN } else { 0 }
+            + data_len
+            + if dd && data_len > 0 { DIGEST_LEN } else { 0 };
+        self.latest_command = Some((cmd.exp_stat_sn, wire_len as u32));
+        self.commands_since_pace = self.commands_since_pace.saturating_add(1);
         let order = if cmd.immediate {
             CmdSnOrder::InOrder
         } else {

@@ -17,8 +17,8 @@ pub mod pdu;
 pub mod text;
 
 pub use connection::{
-    CommandResponse, Connection, ConnectionError, Event, FileData, LoginAccept, LoginInfo, Plain,
-    Residual, ScsiCommand, SendTargetsScope, TaskManagement, Transmit,
+    CommandResponse, Connection, ConnectionError, Event, FileData, InitiatorPace, LoginAccept,
+    LoginInfo, Plain, Residual, ScsiCommand, SendTargetsScope, TaskManagement, Transmit,
 };
 pub use login::LoginStatus;
 pub use params::{SessionParams, SessionType, TargetConfig};

@@ -5,6 +5,11 @@ use std::time::Duration;
 
 use crate::login::LoginStatus;
 
+/// Default bound on receive coalescing ([`TargetConfig::rx_coalesce`]): a
+/// command waits at most this long in the socket, like a NIC's interrupt
+/// moderation delay.
+pub const DEFAULT_RX_COALESCE: Duration = Duration::from_micros(200);
+
 /// What the target declares and enforces.
 #[derive(Clone, Debug)]
 pub struct TargetConfig {
@@ -46,6 +51,10 @@ pub struct TargetConfig {
     pub nop_interval: Option<Duration>,
     /// Unanswered pings before the connection is dropped.
     pub nop_count: u32,
+    /// Receive coalescing: how long the driver may leave a connection's
+    /// commands in the socket, to read them in one batch, while the initiator
+    /// is still behind on answers it already has (`None`: never).
+    pub rx_coalesce: Option<Duration>,
 }
 
 impl Default for TargetConfig {
@@ -69,6 +78,7 @@ impl Default for TargetConfig {
             max_data_transfer: 8 * 1024 * 1024,
             login_timeout: Duration::from_secs(15),
             nop_interval: Some(Duration::from_secs(30)),
+            rx_coalesce: Some(DEFAULT_RX_COALESCE),
             nop_count: 3,
         }
     }

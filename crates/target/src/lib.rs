@@ -10,6 +10,7 @@ pub mod portal;
 pub mod pr_state;
 pub mod reactor;
 pub mod registry;
+mod rx_coalesce;
 pub mod shutdown;
 
 use std::net::SocketAddr;

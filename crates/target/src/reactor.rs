@@ -40,9 +40,11 @@ use rtgt_scsi::{
 use crate::registry::{
     ConnHandle, ConnectionEntry, LunSnapshot, Registry, RegistryInner, SessionEntry, TargetShared,
 };
+use crate::rx_coalesce::{self, Deadline};
 
 const WAKER: Token = Token(usize::MAX);
 const COMPLETIONS: Token = Token(usize::MAX - 1);
+const COALESCE_DEADLINE: Token = Token(usize::MAX - 2);
 
 /// Reads per connection per wakeup before others get their turn: one busy
 /// connection must not starve the rest of its reactor.
@@ -174,6 +176,13 @@ struct Conn {
     linger_until: Option<Instant>,
     /// Already on this batch's list of connections to flush.
     flush_queued: bool,
+    /// SO_RCVLOWAT in force (1, the default, unless coalescing).
+    low_water: usize,
+    /// Coalescing: the socket is read by then whatever has arrived.
+    coalesce_until: Option<Instant>,
+    batch: rx_coalesce::Batch,
+    /// On the reactor's `read_in_turn` list.
+    read_in_turn: bool,
 }
 
 /// A command whose I/O is at a backing store.
@@ -227,6 +236,15 @@ pub struct Reactor {
     touched: Vec<usize>,
     next_generation: u64,
     next_timer_check: Instant,
+    /// Receive coalescing (see `rx_coalesce`): the timer bounding the waits,
+    /// absent when coalescing is off.
+    coalesce_deadline: Option<Deadline>,
+    /// Connections that may be coalescing (stale entries are dropped when the
+    /// timer is set).
+    coalescing: Vec<usize>,
+    /// Connections read in this loop turn (coalescing is decided for them
+    /// before the reactor sleeps).
+    read_in_turn: Vec<usize>,
 }
 
 /// Largest buffer a command may use (Block Limits MAXIMUM TRANSFER LENGTH is
@@ -245,6 +263,23 @@ impl Reactor {
             COMPLETIONS,
             Interest::READABLE,
         )?;
+        let coalesce_deadline = match shared.iscsi.rx_coalesce {
+            Some(_) => match Deadline::new() {
+                Ok(d) => {
+                    poll.registry().register(
+                        &mut SourceFd(&d.as_raw_fd()),
+                        COALESCE_DEADLINE,
+                        Interest::READABLE,
+                    )?;
+                    Some(d)
+                }
+                Err(e) => {
+                    warn!("reactor {id}: receive coalescing off (no timerfd: {e})");
+                    None
+                }
+            },
+            None => None,
+        };
         let (tx, rx) = mpsc::channel();
         let load = Arc::new(AtomicUsize::new(0));
         let handle = ReactorHandle {
@@ -270,6 +305,9 @@ impl Reactor {
                 touched: Vec::new(),
                 next_generation: 1,
                 next_timer_check: Instant::now() + TIMER_TICK,
+                coalesce_deadline,
+                coalescing: Vec::new(),
+                read_in_turn: Vec::new(),
             },
             handle,
         ))
@@ -288,6 +326,7 @@ impl Reactor {
             // Whatever this turn still queued for the kernel (io_uring, AIO)
             // goes in with one system call, before we sleep.
             self.done_rx.flush_submissions();
+            self.set_coalesce_deadline();
             let timeout = if self.again.is_empty() {
                 self.next_timer_check
                     .saturating_duration_since(Instant::now())
@@ -315,6 +354,7 @@ impl Reactor {
                         }
                     }
                     COMPLETIONS => self.drain_completions(true),
+                    COALESCE_DEADLINE => self.coalesce_deadline_passed(),
                     Token(idx) => {
                         if self.conns.contains(idx) {
                             if ev.is_error() {
@@ -386,6 +426,10 @@ impl Reactor {
             paused: false,
             linger_until: None,
             flush_queued: false,
+            low_water: 1,
+            coalesce_until: None,
+            batch: rx_coalesce::Batch::default(),
+            read_in_turn: false,
         });
         self.load.fetch_add(1, Ordering::Relaxed);
         debug!("reactor {}: connection from {peer}", self.id);
@@ -402,6 +446,112 @@ impl Reactor {
             self.done_rx.flush_submissions();
         }
         self.flush(idx);
+        if readable && self.coalesce_deadline.is_some() {
+            let conn = &mut self.conns[idx];
+            if !conn.read_in_turn {
+                conn.read_in_turn = true;
+                self.read_in_turn.push(idx);
+            }
+        }
+    }
+
+    /// After reading a connection: batch its next commands if its initiator
+    /// is behind on our answers, read them as they come otherwise.
+    fn coalesce(&mut self, idx: usize) {
+        let Some(wait) = self.shared.iscsi.rx_coalesce else {
+            return;
+        };
+        if self.coalesce_deadline.is_none() {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if conn.coalesce_until.is_some() {
+            // Woken by the low-water mark, before the deadline.
+            conn.batch.arrived();
+        }
+        let want = if conn.dead || conn.closing || conn.linger_until.is_some() {
+            1
+        } else {
+            conn.batch.low_water(conn.proto.take_initiator_pace())
+        };
+
+        if want != conn.low_water {
+            if let Err(e) = rx_coalesce::set_low_water(&conn.stream, want) {
+                debug!("SO_RCVLOWAT on {}: {e}", conn.peer);
+                return;
+            }
+            conn.low_water = want;
+        }
+        if want > 1 {
+            if conn.coalesce_until.is_none() {
+                self.coalescing.push(idx);
+            }
+            conn.coalesce_until = Some(Instant::now() + wait);
+        } else {
+            conn.coalesce_until = None;
+        }
+    }
+
+    /// Before sleeping, once this turn's answers are out: how each
+    /// connection read in this turn is to be read next, and when the timer
+    /// fires (the earliest coalescing deadline).
+    fn set_coalesce_deadline(&mut self) {
+        let mut read = std::mem::take(&mut self.read_in_turn);
+        for idx in read.drain(..) {
+            if let Some(conn) = self.conns.get_mut(idx) {
+                conn.read_in_turn = false;
+                self.coalesce(idx);
+            }
+        }
+        self.read_in_turn = read;
+        let Some(deadline) = self.coalesce_deadline.as_mut() else {
+            return;
+        };
+        let conns = &self.conns;
+        self.coalescing
+            .retain(|&idx| conns.get(idx).is_some_and(|c| c.coalesce_until.is_some()));
+        self.coalescing.sort_unstable();
+        self.coalescing.dedup();
+        let earliest = self
+            .coalescing
+            .iter()
+            .filter_map(|&idx| conns[idx].coalesce_until)
+            .min();
+        if let Err(e) = deadline.set(earliest) {
+            warn!("reactor {}: coalescing timer: {e}", self.id);
+        }
+    }
+
+    /// The coalescing timer fired: read every connection whose wait is over,
+    /// whatever it has.
+    fn coalesce_deadline_passed(&mut self) {
+        if let Some(d) = self.coalesce_deadline.as_mut() {
+            d.fired();
+        }
+        let now = Instant::now();
+        let due: Vec<usize> = self
+            .coalescing
+            .iter()
+            .copied()
+            .filter(|&idx| {
+                self.conns
+                    .get(idx)
+                    .and_then(|c| c.coalesce_until)
+                    .is_some_and(|t| t <= now)
+            })
+            .collect();
+        for idx in due {
+            let conn = &mut self.conns[idx];
+            conn.coalesce_until = None;
+            conn.batch.timed_out();
+            if let Err(e) = rx_coalesce::set_low_water(&conn.stream, 1) {
+                debug!("SO_RCVLOWAT on {}: {e}", conn.peer);
+            }
+            conn.low_water = 1;
+            self.service(idx, true);
+        }
     }
 
     fn read_input(&mut self, idx: usize) {

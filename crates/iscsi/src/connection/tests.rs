@@ -2210,3 +2210,118 @@ fn no_file_data_in_with_a_data_digest() {
     assert_eq!(r[0].data[2 + 2] & 0x0f, 0x04, "HARDWARE ERROR");
     assert_eq!(r[0].data[2 + 12], 0x44);
 }
+
+/// A SCSI Command acknowledging status up to `exp_stat_sn - 1` (§11.3).
+fn acked(mut b: Bhs, exp_stat_sn: u32) -> Bhs {
+    b.set_u32(28, exp_stat_sn);
+    b
+}
+
+fn answer_all(h: &mut Harness) {
+    for ev in h.events() {
+        let c = command_event(ev);
+        h.c.complete_command(
+            c.itt,
+            CommandResponse {
+                status: 0,
+                sense: vec![],
+                data: c.data,
+                data_len: 0,
+                residual: Residual::None,
+            },
+        );
+    }
+}
+
+#[test]
+fn initiator_pace_counts_answers_sent_beyond_exp_stat_sn() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    assert_eq!(h.c.take_initiator_pace(), None, "no command yet");
+    // The two login responses took StatSN 0 and 1: ten commands
+    // acknowledging them.
+    for itt in 1..=10 {
+        let sn = h.next_sn();
+        h.ok(
+            acked(scsi_bhs(itt, false, false, true, 0, sn, 0x00, false), 2),
+            &[],
+        );
+    }
+    answer_all(&mut h);
+    assert_eq!(h.recv().len(), 10);
+    assert_eq!(
+        h.c.take_initiator_pace(),
+        Some(InitiatorPace {
+            backlog: 10,
+            command_bytes: BHS_LEN as u32,
+            commands: 10
+        }),
+        "ten answers out, none acknowledged"
+    );
+    assert_eq!(h.c.take_initiator_pace(), None, "once per command");
+
+    // A write with its data, from an initiator that has taken in eight of
+    // them (StatSN 2..=9): two still unacknowledged, and the write's own.
+    let sn = h.next_sn();
+    h.ok(
+        acked(scsi_bhs(11, false, true, true, 512, sn, 0x2a, false), 10),
+        &[7u8; 512],
+    );
+    answer_all(&mut h);
+    assert_eq!(h.recv().len(), 1);
+    let p = h.c.take_initiator_pace().unwrap();
+    assert_eq!((p.backlog, p.command_bytes, p.commands), (3, 48 + 512, 1));
+
+    // Answers not yet sent are not the initiator's backlog.
+    let sn = h.next_sn();
+    h.ok(
+        acked(scsi_bhs(12, false, false, true, 0, sn, 0x00, false), 13),
+        &[],
+    );
+    answer_all(&mut h);
+    assert_eq!(h.c.take_initiator_pace().unwrap().backlog, 0);
+    assert_eq!(h.recv().len(), 1);
+
+    // An ExpStatSN beyond what we sent says nothing.
+    let sn = h.next_sn();
+    h.ok(
+        acked(scsi_bhs(13, false, false, true, 0, sn, 0x00, false), 5000),
+        &[],
+    );
+    answer_all(&mut h);
+    h.recv();
+    assert_eq!(h.c.take_initiator_pace().unwrap().backlog, 0);
+}
+
+#[test]
+fn initiator_pace_is_withheld_while_the_peer_owes_us_bytes() {
+    let mut h = login_normal(TargetConfig::default(), OP_KEYS);
+    // A write whose unsolicited Data-Out is still to come (F=0).
+    let sn = h.next_sn();
+    h.ok(
+        acked(scsi_bhs(1, false, true, false, 4096, sn, 0x2a, false), 1),
+        &[1u8; 1024],
+    );
+    assert_eq!(h.c.take_initiator_pace(), None, "write data awaited");
+    h.ok(data_out_bhs(1, RESERVED_TAG, 0, 1024, true), &[1u8; 3072]);
+    answer_all(&mut h);
+    h.recv();
+    // A CmdSN gap: the missing command is awaited.
+    let skipped = h.next_sn();
+    let sn = h.next_sn();
+    h.ok(
+        acked(scsi_bhs(2, false, false, true, 0, sn, 0x00, false), 2),
+        &[],
+    );
+    assert_eq!(h.c.take_initiator_pace(), None, "CmdSN {skipped} awaited");
+    h.ok(
+        acked(scsi_bhs(3, false, false, true, 0, skipped, 0x00, false), 2),
+        &[],
+    );
+    answer_all(&mut h);
+    assert_eq!(h.recv().len(), 2);
+    assert_eq!(
+        h.c.take_initiator_pace().map(|p| p.commands),
+        Some(1),
+        "one since the last look"
+    );
+}
