@@ -446,8 +446,11 @@ impl Reactor {
             self.done_rx.flush_submissions();
         }
         self.flush(idx);
-        if readable && self.coalesce_deadline.is_some() {
-            let conn = &mut self.conns[idx];
+        if !readable || self.coalesce_deadline.is_none() {
+            return;
+        }
+        // flush() closes a dead connection: its slot may be gone.
+        if let Some(conn) = self.conns.get_mut(idx) {
             if !conn.read_in_turn {
                 conn.read_in_turn = true;
                 self.read_in_turn.push(idx);
@@ -531,19 +534,16 @@ impl Reactor {
             d.fired();
         }
         let now = Instant::now();
-        let due: Vec<usize> = self
-            .coalescing
-            .iter()
-            .copied()
-            .filter(|&idx| {
-                self.conns
-                    .get(idx)
-                    .and_then(|c| c.coalesce_until)
-                    .is_some_and(|t| t <= now)
-            })
-            .collect();
-        for idx in due {
-            let conn = &mut self.conns[idx];
+        // Only coalesce() adds to the list, and not from service(): it is
+        // handed back whole (stale entries go in set_coalesce_deadline).
+        let list = std::mem::take(&mut self.coalescing);
+        for &idx in &list {
+            let Some(conn) = self.conns.get_mut(idx) else {
+                continue;
+            };
+            if conn.coalesce_until.is_none_or(|t| t > now) {
+                continue;
+            }
             conn.coalesce_until = None;
             conn.batch.timed_out();
             if let Err(e) = rx_coalesce::set_low_water(&conn.stream, 1) {
@@ -552,6 +552,7 @@ impl Reactor {
             conn.low_water = 1;
             self.service(idx, true);
         }
+        self.coalescing = list;
     }
 
     fn read_input(&mut self, idx: usize) {
