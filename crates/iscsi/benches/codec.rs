@@ -131,6 +131,7 @@ fn logged_in(now: Instant) -> Connection<Vec<u8>> {
         tsih: 1,
         target_portal_group_tag: 1,
         target_alias: None,
+        chap: None,
     });
     while c.poll_event().is_some() {}
     flush(&mut c);

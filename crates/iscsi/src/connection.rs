@@ -118,6 +118,15 @@ pub enum Event<B> {
     /// Every pending task was terminated (RFC 7143 §11.14): a later
     /// `complete_command` for one only hands its buffer back.
     Logout { reason: u8 },
+    /// The login failed authentication (RFC 7143 §12.1.3); its Login Response
+    /// with AUTHENTICATION_FAILURE is queued and the connection closes. Emitted
+    /// once, for the log: who tried (`user` is the CHAP_N sent, if any) and a
+    /// short fixed `reason`, never a secret.
+    AuthenticationFailed {
+        initiator_name: String,
+        user: Option<String>,
+        reason: &'static str,
+    },
 }
 
 /// Errors that close the connection.
@@ -1443,6 +1452,20 @@ impl<B: DataBuf> Connection<B> {
                 Ok(())
             }
             LoginStep::Fail(status) => {
+                self.queue_login_failure(status);
+                Err(ConnectionError::LoginFailed(status))
+            }
+            LoginStep::AuthFail(f) => {
+                let initiator_name = self
+                    .login
+                    .info()
+                    .map_or_else(String::new, |i| i.initiator_name.clone());
+                self.events.push_back(Event::AuthenticationFailed {
+                    initiator_name,
+                    user: f.user,
+                    reason: f.reason,
+                });
+                let status = LoginStatus::AUTHENTICATION_FAILURE;
                 self.queue_login_failure(status);
                 Err(ConnectionError::LoginFailed(status))
             }

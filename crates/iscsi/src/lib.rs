@@ -10,12 +10,14 @@
 //! One connection per session for now (MaxConnections=1 is negotiated), so the
 //! session's CmdSN window lives in the connection.
 
+pub mod chap;
 pub mod connection;
 pub mod login;
 pub mod params;
 pub mod pdu;
 pub mod text;
 
+pub use chap::{ChapAccount, ChapPolicy};
 pub use connection::{
     CommandResponse, Connection, ConnectionError, Event, FileData, InitiatorPace, LoginAccept,
     LoginInfo, Plain, Residual, ScsiCommand, SendTargetsScope, TaskManagement, Transmit,

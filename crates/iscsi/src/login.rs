@@ -3,10 +3,12 @@
 //!
 //! The state machine is pure: the connection feeds it Login Requests and the
 //! target's decision and gets back what to send. Security negotiation is its own
-//! step ([`Authenticator`]) so CHAP can slot in later without touching the rest.
+//! step ([`Authenticator`]): AuthMethod, then CHAP ([`crate::chap`]) when the
+//! target requires it.
 
 use std::fmt;
 
+use crate::chap::{ChapError, ChapExchange, ChapKeys, ChapPolicy};
 use crate::params::{KeyOutcome, Negotiation, SessionParams, SessionType, TargetConfig};
 use crate::pdu::{LoginRequestPdu, Stage};
 use crate::text::{self, KeyValue, TextCollector};
@@ -101,6 +103,10 @@ pub struct LoginAccept {
     pub tsih: u16,
     pub target_portal_group_tag: u16,
     pub target_alias: Option<String>,
+    /// `None`: no authentication required (AuthMethod=None is agreed to).
+    /// `Some`: the initiator must authenticate with CHAP (RFC 7143 §12.1.3)
+    /// as one of the policy's incoming accounts before leaving the security stage.
+    pub chap: Option<ChapPolicy>,
 }
 
 /// Most text we put in one Login Response: the initiator's MaxRecvDataSegmentLength
@@ -109,33 +115,149 @@ pub const MAX_LOGIN_RESPONSE_TEXT: usize = 8192;
 /// The data segment limit for Login Requests (the default MaxRecvDataSegmentLength).
 pub const LOGIN_DATA_SEGMENT_LIMIT: usize = 8192;
 
-/// Security negotiation (§6.3.1, §12). Only AuthMethod=None is implemented;
-/// CHAP (§12.1.3) becomes another state here.
+/// A login that failed authentication (status 0x0201): who tried and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Authenticator {
+pub struct AuthFailure {
+    /// CHAP_N, when the initiator sent one.
+    pub user: Option<String>,
+    /// A short fixed phrase for the log; never a secret.
+    pub reason: &'static str,
+}
+
+impl AuthFailure {
+    fn new(user: Option<&str>, reason: &'static str) -> Self {
+        AuthFailure {
+            user: user.map(str::to_owned),
+            reason,
+        }
+    }
+}
+
+/// A failed CHAP step as the login's outcome: an Authentication failure,
+/// except when we could not make a challenge.
+fn chap_failure(e: ChapError, keys: &ChapKeys) -> LoginStep {
+    match e {
+        ChapError::NoRandomness => LoginStep::Fail(LoginStatus::TARGET_ERROR),
+        e => LoginStep::AuthFail(AuthFailure::new(keys.name(), e.reason())),
+    }
+}
+
+/// Security negotiation (RFC 7143 §6.3.2, §12): AuthMethod, then the CHAP
+/// exchange (§12.1.3) when the target requires authentication.
+#[derive(Debug, Clone, Default)]
+pub struct Authenticator {
+    /// `Some`: CHAP required with these accounts (`LoginAccept::chap`).
+    policy: Option<ChapPolicy>,
+    state: AuthState,
+}
+
+#[derive(Debug, Clone, Default)]
+enum AuthState {
     /// No AuthMethod agreed yet.
+    #[default]
     Start,
     /// AuthMethod=None agreed: the security stage may be left.
     NoneAgreed,
     /// No acceptable method: leaving the security stage fails.
-    Failed,
+    Rejected,
+    /// AuthMethod=CHAP agreed.
+    Chap(ChapExchange),
+}
+
+/// May the security stage be left with this request?
+enum Leave {
+    Now,
+    /// The CHAP exchange is under way: answer T=0, "more negotiation needed"
+    /// (§11.13.3), to an initiator that asks to move on early, as in the
+    /// login examples of Appendix B.
+    NotYet,
+    Refused(&'static str),
 }
 
 impl Authenticator {
-    /// Answers AuthMethod: the first method we support in the initiator's order.
-    fn offer(&mut self, value: &str) -> String {
-        if value.split(',').any(|m| m == "None") {
-            *self = Authenticator::NoneAgreed;
-            "None".into()
-        } else {
-            *self = Authenticator::Failed;
-            crate::params::REJECT.into()
+    fn new(policy: Option<ChapPolicy>) -> Self {
+        Authenticator {
+            policy,
+            state: AuthState::Start,
         }
     }
-    /// May the security stage be left? Without any AuthMethod offer the
-    /// initiator asked for no authentication, which we allow for now.
-    fn may_leave(&self) -> bool {
-        !matches!(self, Authenticator::Failed)
+
+    /// Answers AuthMethod: the first method we accept in the initiator's
+    /// order (§6.2.1 list negotiation). With a policy only CHAP is acceptable.
+    fn offer(&mut self, value: &str) -> Result<&'static str, AuthFailure> {
+        let mut methods = value.split(',');
+        if matches!(self.state, AuthState::Chap(_)) {
+            // §6.2: a key is negotiated once; leaving CHAP mid-exchange would
+            // also be a downgrade.
+            return Err(AuthFailure::new(None, "AuthMethod renegotiated"));
+        }
+        if self.policy.is_some() {
+            if !methods.any(|m| m == "CHAP") {
+                return Err(AuthFailure::new(None, "CHAP required"));
+            }
+            self.state = AuthState::Chap(ChapExchange::default());
+            Ok("CHAP")
+        } else if methods.any(|m| m == "None") {
+            self.state = AuthState::NoneAgreed;
+            Ok("None")
+        } else {
+            self.state = AuthState::Rejected;
+            Ok(crate::params::REJECT)
+        }
+    }
+
+    /// Takes the CHAP keys of one security-stage request and appends our
+    /// answer. `agreed_now`: this request agreed AuthMethod=CHAP, so it need
+    /// not carry CHAP_A yet.
+    fn exchange(
+        &mut self,
+        keys: &ChapKeys,
+        agreed_now: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ChapError> {
+        /// Nobody can prove an account of this one.
+        static NO_ACCOUNTS: ChapPolicy = ChapPolicy {
+            incoming: Vec::new(),
+            outgoing: None,
+        };
+        match &mut self.state {
+            AuthState::Chap(exchange) => {
+                if agreed_now && keys.is_empty() {
+                    return Ok(());
+                }
+                // CHAP is only agreed with a policy; were it missing, fail closed.
+                let policy = self.policy.as_ref().unwrap_or(&NO_ACCOUNTS);
+                exchange.step(policy, keys, out)
+            }
+            AuthState::NoneAgreed => {
+                // §6.2: keys made moot by AuthMethod=None are Irrelevant.
+                for key in keys.present() {
+                    text::encode_pair(out, key, crate::params::IRRELEVANT);
+                }
+                Ok(())
+            }
+            AuthState::Start | AuthState::Rejected => match keys.is_empty() {
+                true => Ok(()),
+                false => Err(ChapError::OutOfOrder),
+            },
+        }
+    }
+
+    fn may_leave(&self) -> Leave {
+        match &self.state {
+            AuthState::NoneAgreed => Leave::Now,
+            // No AuthMethod offer: the initiator asked for no authentication.
+            AuthState::Start if self.policy.is_none() => Leave::Now,
+            AuthState::Start => Leave::Refused("CHAP required"),
+            AuthState::Rejected => Leave::Refused("no acceptable AuthMethod"),
+            AuthState::Chap(x) if x.is_authenticated() => Leave::Now,
+            AuthState::Chap(_) => Leave::NotYet,
+        }
+    }
+
+    /// Authentication is required and has not happened.
+    fn missing(&self) -> bool {
+        self.policy.is_some() && !matches!(&self.state, AuthState::Chap(x) if x.is_authenticated())
     }
 }
 
@@ -161,6 +283,9 @@ pub enum LoginStep {
     NeedDecision(LoginInfo),
     /// Send a Login Response with this failure status, then close.
     Fail(LoginStatus),
+    /// Send a Login Response with AUTHENTICATION_FAILURE (§12.1.3), tell the
+    /// target who failed, then close.
+    AuthFail(AuthFailure),
 }
 
 /// Login state of one connection.
@@ -202,7 +327,7 @@ impl LoginState {
             info: None,
             accept: None,
             pending: None,
-            auth: Authenticator::Start,
+            auth: Authenticator::default(),
             declared_mrdsl: false,
             first_reply_sent: false,
         }
@@ -324,7 +449,7 @@ impl LoginState {
     }
 
     /// The target accepted the login: answer the request that was waiting.
-    pub fn accept(&mut self, accept: LoginAccept) -> Option<LoginStep> {
+    pub fn accept(&mut self, mut accept: LoginAccept) -> Option<LoginStep> {
         let (req, pairs) = self.pending.take()?;
         let info = self.info.clone()?;
         let p = &mut self.negotiation.params;
@@ -334,6 +459,7 @@ impl LoginState {
         p.target_name = info.target_name.clone();
         p.isid = info.isid;
         p.tsih = accept.tsih;
+        self.auth = Authenticator::new(accept.chap.take());
         self.accept = Some(accept);
         Some(self.process(&req, &pairs))
     }
@@ -361,6 +487,16 @@ impl LoginState {
             Some(i) => i.clone(),
             None => return LoginStep::Fail(LoginStatus::TARGET_ERROR),
         };
+        if self.accept.is_none() {
+            // Refused by the target: nothing (least of all authentication,
+            // whose policy comes with the acceptance) is negotiated.
+            return LoginStep::Fail(LoginStatus::TARGET_ERROR);
+        }
+        if self.stage != Stage::SECURITY_NEGOTIATION && self.auth.missing() {
+            // §6.3.1: an initiator may start in LoginOperationalNegotiation,
+            // skipping security, which a target requiring authentication refuses.
+            return LoginStep::AuthFail(AuthFailure::new(None, "CHAP required"));
+        }
         if !self.first_reply_sent {
             self.first_reply_sent = true;
             // §13.9: TargetPortalGroupTag in the first Login Response of a normal
@@ -378,6 +514,8 @@ impl LoginState {
                 }
             }
         }
+        let mut chap = ChapKeys::default();
+        let mut auth_offered = false;
         for kv in pairs {
             match kv.key.as_str() {
                 "InitiatorName" => {
@@ -398,20 +536,48 @@ impl LoginState {
                 "InitiatorAlias" => {}
                 "AuthMethod" => {
                     if self.stage == Stage::SECURITY_NEGOTIATION {
-                        let r = self.auth.offer(&kv.value);
-                        text::encode_pair(&mut out, "AuthMethod", &r);
+                        auth_offered = true;
+                        match self.auth.offer(&kv.value) {
+                            Ok(r) => text::encode_pair(&mut out, "AuthMethod", r),
+                            Err(f) => return LoginStep::AuthFail(f),
+                        }
                     } else {
                         text::encode_pair(&mut out, "AuthMethod", crate::params::IRRELEVANT);
                     }
                 }
-                key => match self.negotiation.negotiate(key, &kv.value) {
-                    Ok(KeyOutcome::Respond(v)) => text::encode_pair(&mut out, key, &v),
-                    Ok(KeyOutcome::Silent) => {}
-                    Err(s) => return LoginStep::Fail(s),
+                key => match chap.take(key, &kv.value) {
+                    Ok(true) => {}
+                    Ok(false) => match self.negotiation.negotiate(key, &kv.value) {
+                        Ok(KeyOutcome::Respond(v)) => text::encode_pair(&mut out, key, &v),
+                        Ok(KeyOutcome::Silent) => {}
+                        Err(s) => return LoginStep::Fail(s),
+                    },
+                    Err(e) => return chap_failure(e, &chap),
                 },
             }
         }
-        let to_full = req.transit && req.nsg == Stage::FULL_FEATURE_PHASE;
+        if self.stage == Stage::SECURITY_NEGOTIATION {
+            if let Err(e) = self.auth.exchange(&chap, auth_offered, &mut out) {
+                return chap_failure(e, &chap);
+            }
+        } else if !chap.is_empty() {
+            // §12: security keys are for the SecurityNegotiation stage only.
+            return LoginStep::AuthFail(AuthFailure::new(
+                chap.name(),
+                "CHAP key outside the security stage",
+            ));
+        }
+        let mut transit = req.transit;
+        if transit && self.stage == Stage::SECURITY_NEGOTIATION {
+            match self.auth.may_leave() {
+                Leave::Now => {}
+                Leave::NotYet => transit = false,
+                Leave::Refused(reason) => {
+                    return LoginStep::AuthFail(AuthFailure::new(None, reason))
+                }
+            }
+        }
+        let to_full = transit && req.nsg == Stage::FULL_FEATURE_PHASE;
         if !self.declared_mrdsl && (self.stage == Stage::LOGIN_OPERATIONAL_NEGOTIATION || to_full) {
             // §13.12: declarative; the initiator needs ours even if it did not ask.
             self.declared_mrdsl = true;
@@ -424,11 +590,8 @@ impl LoginState {
         if out.len() > MAX_LOGIN_RESPONSE_TEXT {
             return LoginStep::Fail(LoginStatus::OUT_OF_RESOURCES);
         }
-        if !req.transit {
+        if !transit {
             return LoginStep::Reply(self.reply(false, Stage(0), out));
-        }
-        if self.stage == Stage::SECURITY_NEGOTIATION && !self.auth.may_leave() {
-            return LoginStep::Fail(LoginStatus::AUTHENTICATION_FAILURE);
         }
         let mut r = self.reply(true, req.nsg, out);
         if to_full {
@@ -470,6 +633,7 @@ mod tests {
             tsih: 5,
             target_portal_group_tag: 1,
             target_alias: Some("disk".into()),
+            chap: None,
         }
     }
 
@@ -630,10 +794,13 @@ mod tests {
             b"InitiatorName=iqn.i\0SessionType=Discovery\0AuthMethod=CHAP\0",
         );
         assert!(matches!(step, LoginStep::NeedDecision(_)));
-        assert!(matches!(
-            l.accept(accept()).unwrap(),
-            LoginStep::Fail(LoginStatus::AUTHENTICATION_FAILURE)
-        ));
+        assert_eq!(
+            match l.accept(accept()).unwrap() {
+                LoginStep::AuthFail(f) => f,
+                s => panic!("{s:?}"),
+            },
+            AuthFailure::new(None, "no acceptable AuthMethod")
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! management thread serves tgt's wire protocol (`rtgt-mgmt`) against the
 //! registry. See DESIGN.md for the map.
 
+pub mod accounts;
 pub mod acl;
 pub mod mgmt;
 pub mod portal;
@@ -12,6 +13,7 @@ pub mod reactor;
 pub mod registry;
 mod rx_coalesce;
 pub mod shutdown;
+mod throttle;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -16,6 +16,7 @@ use rtgt_mgmt::show::{ConnectionView, LunView, NexusView, SessionView, SystemVie
 use rtgt_mgmt::{Mode, Op, Request, Response, TgtadmError, WireError, NO_LUN};
 use rtgt_scsi::{Asc, DeviceType, LogicalUnit, LuConfig};
 
+use crate::accounts::Accounts;
 use crate::acl::AclEntry;
 use crate::portal::{self, AcceptorHandle, AcceptorMsg};
 use crate::reactor::{end_session, Shared};
@@ -101,8 +102,73 @@ fn dispatch(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
         // tgt answers session show with "invalid request" too.
         (Mode::Session, _) => Err(TgtadmError::InvalidRequest),
         (Mode::Connection, Op::Show) => connection_show(ctx, req),
+        (Mode::Account, Op::New) => account_new(ctx, req),
+        (Mode::Account, Op::Delete) => account_delete(ctx, req),
+        (Mode::Account, Op::Bind) => account_bind(ctx, req, true),
+        (Mode::Account, Op::Unbind) => account_bind(ctx, req, false),
+        (Mode::Account, Op::Show) => Ok(rtgt_mgmt::show::format_accounts(
+            &ctx.registry().lock().accounts.users(),
+        )),
         _ => Err(TgtadmError::UnsupportedOperation),
     }
+}
+
+fn account_user(req: &Request) -> Result<String, TgtadmError> {
+    req.param("user")
+        .filter(|u| !u.is_empty())
+        .ok_or(TgtadmError::InvalidRequest)
+}
+
+fn account_new(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
+    let user = account_user(req)?;
+    let password = req
+        .param("password")
+        .filter(|p| !p.is_empty())
+        .ok_or(TgtadmError::InvalidRequest)?;
+    if password.len() < 12 {
+        // RFC 7143 §12.1.3 asks for secrets of at least 96 bits; tgt takes
+        // shorter ones, and so do we, with a warning.
+        warn!("account {user}: a CHAP secret shorter than 12 bytes is weak (RFC 7143 §12.1.3)");
+    }
+    ctx.registry().lock().accounts.add(&user, &password)?;
+    info!("account {user} created");
+    ok()
+}
+
+fn account_delete(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
+    let user = account_user(req)?;
+    let mut reg = ctx.registry().lock();
+    let reg = &mut *reg;
+    reg.accounts
+        .delete(&user, reg.targets.values_mut().map(|t| &mut t.accounts))?;
+    info!("account {user} deleted");
+    ok()
+}
+
+/// Bind or unbind: to a target with `--tid`, to discovery sessions without.
+fn account_bind(ctx: &MgmtCtx, req: &Request, bind: bool) -> MgmtResult {
+    let user = account_user(req)?;
+    let outgoing = req.ac_dir == rtgt_mgmt::cli::ACCOUNT_TYPE_OUTGOING;
+    let mut reg = ctx.registry().lock();
+    let mut b = if req.tid == -1 {
+        reg.accounts.discovery.clone()
+    } else {
+        reg.targets
+            .get(&req.tid)
+            .ok_or(TgtadmError::NoTarget)?
+            .accounts
+            .clone()
+    };
+    if bind {
+        reg.accounts.bind(&mut b, &user, outgoing)?;
+    } else {
+        Accounts::unbind(&mut b, &user, outgoing)?;
+    }
+    match reg.targets.get_mut(&req.tid) {
+        Some(t) => t.accounts = b,
+        None => reg.accounts.discovery = b,
+    }
+    ok()
 }
 
 fn system_show() -> String {
@@ -146,6 +212,7 @@ fn target_new(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
         name: name.clone(),
         luns: Default::default(),
         acl: Vec::new(),
+        accounts: Default::default(),
         shared: Registry::new_target_shared(req.tid),
     };
     t.luns.insert(
@@ -323,7 +390,7 @@ fn target_show(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
                     }
                 })
                 .collect(),
-            accounts: Vec::new(),
+            accounts: t.accounts.show_lines(),
             acl_addresses: t
                 .acl
                 .iter()
@@ -584,6 +651,26 @@ fn connection_show(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
     Ok(rtgt_mgmt::show::format_sessions(&views))
 }
 
+/// Why a management peer may not manage this daemon, if it may not. The
+/// socket's mode already keeps others out; SO_PEERCRED (unix(7)) checks
+/// again, in case the socket was made reachable: only root, or the user
+/// the daemon runs as, may manage it.
+fn peer_refusal(stream: &UnixStream) -> Option<String> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let me = nix::unistd::geteuid().as_raw();
+    match getsockopt(stream, PeerCredentials) {
+        Ok(c) if c.uid() == 0 || c.uid() == me => None,
+        Ok(c) => Some(format!(
+            "only root may manage tgtd: the request came from uid {} (pid {})",
+            c.uid(),
+            c.pid()
+        )),
+        Err(e) => Some(format!(
+            "cannot tell who sent the request (SO_PEERCRED: {e})"
+        )),
+    }
+}
+
 /// The management socket (tgt's `/var/run/tgtd/socket.N`), owned by root with
 /// mode 0600: only root may manage the target.
 pub struct MgmtServer {
@@ -636,7 +723,21 @@ impl MgmtServer {
             // A client that connects and says nothing must not wedge management.
             let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
             let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+            let refusal = peer_refusal(&stream);
             match rtgt_mgmt::read_request(&mut stream) {
+                Ok(_) if refusal.is_some() => {
+                    // tgt's protocol carries no text with an error: the
+                    // reason goes to the log, the peer gets the bare code.
+                    warn!(
+                        "management request refused: {}",
+                        refusal.unwrap_or_default()
+                    );
+                    let rsp = Response {
+                        err: TgtadmError::UnknownErr,
+                        body: String::new(),
+                    };
+                    let _ = rtgt_mgmt::write_response(&mut stream, &rsp);
+                }
                 Ok(req) => {
                     let rsp = handle(&ctx, &req);
                     if let Err(e) = rtgt_mgmt::write_response(&mut stream, &rsp) {

@@ -29,8 +29,9 @@ use rtgt_backing::{
     FileRef, IoCompletion, IoOp, IoRequest,
 };
 use rtgt_iscsi::{
-    CommandResponse, Connection, Event, LoginAccept, LoginInfo, LoginStatus, Residual, ScsiCommand,
-    SendTargetsScope, SessionType, TargetConfig, TaskManagement, Transmit,
+    ChapAccount, ChapPolicy, CommandResponse, Connection, Event, LoginAccept, LoginInfo,
+    LoginStatus, Residual, ScsiCommand, SendTargetsScope, SessionType, TargetConfig,
+    TaskManagement, Transmit,
 };
 use rtgt_scsi::{
     lun_from_wire, pr::NexusIdentity, spc::RELATIVE_TARGET_PORT, Asc, Command, IoKind, IoPlan,
@@ -165,6 +166,8 @@ struct Conn {
     rstart: usize,
     rend: usize,
     session: Option<SessionCtx>,
+    /// Admitted, not yet logged in (see [`PendingLogin`]).
+    pending_login: Option<PendingLogin>,
     /// Fatal: close without flushing.
     dead: bool,
     /// Protocol error: flush what is queued (a Reject, a Login Response), then close.
@@ -421,6 +424,7 @@ impl Reactor {
             rstart: 0,
             rend: 0,
             session: None,
+            pending_login: None,
             dead: false,
             closing: false,
             paused: false,
@@ -672,7 +676,9 @@ impl Reactor {
         while let Some(ev) = self.conns[idx].proto.poll_event() {
             match ev {
                 Event::Login(info) => self.on_login(idx, info),
-                Event::FullFeature(p) => debug!(
+                Event::FullFeature(p) => {
+                    self.on_full_feature(idx);
+                    debug!(
                     "{} ({}) in full feature phase: {:?} session, HeaderDigest={} DataDigest={} \
                      MaxRecvDataSegmentLength={}/{} MaxBurstLength={} FirstBurstLength={} \
                      InitialR2T={} ImmediateData={}",
@@ -687,13 +693,19 @@ impl Reactor {
                     p.first_burst_length,
                     p.initial_r2t,
                     p.immediate_data
-                ),
+                    )
+                }
                 Event::SendTargets(scope) => self.on_send_targets(idx, scope),
                 Event::Command(cmd) => self.on_command(idx, cmd),
                 Event::TaskManagement(tm) => self.on_task_management(idx, tm),
                 Event::Logout { reason } => {
                     debug!("{} logged out (reason {reason})", self.conns[idx].peer)
                 }
+                Event::AuthenticationFailed {
+                    initiator_name,
+                    user,
+                    reason,
+                } => self.on_authentication_failed(idx, &initiator_name, user, reason),
             }
         }
         let conn = &mut self.conns[idx];
@@ -712,32 +724,23 @@ impl Reactor {
 
     /// RFC 7143 §6.3: decide a login once the initiator named itself.
     fn on_login(&mut self, idx: usize, info: LoginInfo) {
-        let handle = self.handle(idx);
         let peer = self.conns[idx].peer;
-        let fd = self.conns[idx].stream.as_raw_fd();
-        let decision = {
-            let mut reg = self.shared.registry.lock();
-            let d = decide_login(&mut reg, &info, peer, handle, &self.shared);
-            if let Ok((_, session)) = &d {
-                if let Some(c) = reg
-                    .sessions
-                    .get_mut(&session.sid)
-                    .and_then(|s| s.connections.iter_mut().find(|c| c.handle == handle))
-                {
-                    c.fd = Some(fd);
-                }
-            }
-            d
-        };
+        let decision = decide_login(
+            &mut self.shared.registry.lock(),
+            &info,
+            peer,
+            Instant::now(),
+        );
         let conn = &mut self.conns[idx];
         match decision {
-            Ok((accept, session)) => {
+            Ok((accept, pending)) => {
                 info!(
-                    "login: {} from {peer} to {}",
+                    "login: {} from {peer} to {}{}",
                     info.initiator_name,
-                    info.target_name.as_deref().unwrap_or("discovery")
+                    info.target_name.as_deref().unwrap_or("discovery"),
+                    if pending.authenticated { " (CHAP)" } else { "" }
                 );
-                conn.session = Some(session);
+                conn.pending_login = Some(pending);
                 conn.proto.accept_login(accept);
             }
             Err(status) => {
@@ -750,6 +753,58 @@ impl Reactor {
                 conn.proto.reject_login(status);
             }
         }
+    }
+
+    /// Login complete: register the session (see [`PendingLogin`]).
+    fn on_full_feature(&mut self, idx: usize) {
+        let handle = self.handle(idx);
+        let conn = &mut self.conns[idx];
+        let Some(pending) = conn.pending_login.take() else {
+            return;
+        };
+        let fd = conn.stream.as_raw_fd();
+        let peer = conn.peer;
+        let result = register_session(
+            &mut self.shared.registry.lock(),
+            &pending,
+            peer,
+            handle,
+            fd,
+            &self.shared,
+        );
+        let conn = &mut self.conns[idx];
+        match result {
+            Ok(session) => conn.session = Some(session),
+            Err(_) => {
+                // The target went away during the login.
+                info!(
+                    "{} from {peer}: target removed during login",
+                    pending.info.initiator_name
+                );
+                conn.dead = true;
+            }
+        }
+    }
+
+    fn on_authentication_failed(
+        &mut self,
+        idx: usize,
+        initiator_name: &str,
+        user: Option<String>,
+        reason: &str,
+    ) {
+        let conn = &mut self.conns[idx];
+        conn.pending_login = None;
+        let peer = conn.peer;
+        warn!(
+            "{initiator_name} ({peer}): authentication failed: {reason}{}",
+            user.map(|u| format!(", CHAP_N {u:?}")).unwrap_or_default()
+        );
+        self.shared
+            .registry
+            .lock()
+            .auth_throttle
+            .failed(peer.ip(), Instant::now());
     }
 
     /// RFC 7143 §13.3 and Appendix C: the targets this initiator may see, with
@@ -1331,59 +1386,119 @@ pub fn end_session(reg: &mut RegistryInner, sid: u64) -> Option<SessionEntry> {
     Some(s)
 }
 
+/// A login the target admitted, registered as a session only once it
+/// completes: an initiator that fails authentication must not reinstate
+/// (end) a session it could not prove is its own (RFC 7143 §6.3.5).
+#[derive(Debug, Clone)]
+struct PendingLogin {
+    info: LoginInfo,
+    /// None for a discovery session.
+    tid: Option<i32>,
+    tsih: u16,
+    /// CHAP was required (a success clears the address's failures).
+    authenticated: bool,
+}
+
+fn chap_policy(reg: &RegistryInner, bindings: &crate::accounts::Bindings) -> Option<ChapPolicy> {
+    reg.accounts.secrets(bindings).map(|s| ChapPolicy {
+        incoming: s
+            .incoming
+            .into_iter()
+            .map(|(u, p)| ChapAccount::new(u, p))
+            .collect(),
+        outgoing: s.outgoing.map(|(u, p)| ChapAccount::new(u, p)),
+    })
+}
+
+/// The target's answer to a login's names (Event::Login): whether this
+/// initiator may log in here and what it must prove.
 fn decide_login(
     reg: &mut RegistryInner,
     info: &LoginInfo,
     peer: SocketAddr,
-    handle: ConnHandle,
-    shared: &Shared,
-) -> Result<(LoginAccept, SessionCtx), LoginStatus> {
+    now: Instant,
+) -> Result<(LoginAccept, PendingLogin), LoginStatus> {
     const TPGT: u16 = 1;
-    if info.session_type == SessionType::Discovery {
-        let sid = reg.alloc_sid();
-        let tsih = reg.alloc_tsih();
-        return Ok((
-            LoginAccept {
-                tsih,
-                target_portal_group_tag: TPGT,
-                target_alias: None,
-            },
-            SessionCtx {
-                sid,
-                nexus: NexusId(sid),
-                initiator: info.initiator_name.clone(),
-                target: None,
-                snap: Arc::new(LunSnapshot::default()),
-                snap_version: 0,
-                registered: false,
-            },
-        ));
-    }
-    let name = info
-        .target_name
-        .as_deref()
-        .ok_or(LoginStatus::MISSING_PARAMETER)?;
-    let target = reg
-        .target_by_name(name)
-        .ok_or(LoginStatus::TARGET_NOT_FOUND)?;
-    if !target.admits(peer.ip(), &info.initiator_name) {
-        return Err(LoginStatus::AUTHORIZATION_FAILURE);
-    }
-    let tid = target.tid;
-    if info.tsih != 0 {
-        // Adding a connection to a session: we negotiate MaxConnections=1.
-        return Err(
-            if reg
-                .sessions
-                .values()
-                .any(|s| s.tsih == info.tsih && s.tid == tid)
-            {
-                LoginStatus::TOO_MANY_CONNECTIONS
-            } else {
-                LoginStatus::SESSION_DOES_NOT_EXIST
-            },
+    if let Some(wait) = reg.auth_throttle.must_wait(peer.ip(), now) {
+        info!(
+            "login from {peer} refused for {:.1} s more: repeated authentication failures",
+            wait.as_secs_f64()
         );
+        return Err(LoginStatus::AUTHENTICATION_FAILURE);
     }
+    let (tid, chap) = if info.session_type == SessionType::Discovery {
+        (None, chap_policy(reg, &reg.accounts.discovery))
+    } else {
+        let name = info
+            .target_name
+            .as_deref()
+            .ok_or(LoginStatus::MISSING_PARAMETER)?;
+        let target = reg
+            .target_by_name(name)
+            .ok_or(LoginStatus::TARGET_NOT_FOUND)?;
+        if !target.admits(peer.ip(), &info.initiator_name) {
+            return Err(LoginStatus::AUTHORIZATION_FAILURE);
+        }
+        let tid = target.tid;
+        if info.tsih != 0 {
+            // Adding a connection to a session: we negotiate MaxConnections=1.
+            return Err(
+                if reg
+                    .sessions
+                    .values()
+                    .any(|s| s.tsih == info.tsih && s.tid == tid)
+                {
+                    LoginStatus::TOO_MANY_CONNECTIONS
+                } else {
+                    LoginStatus::SESSION_DOES_NOT_EXIST
+                },
+            );
+        }
+        (Some(tid), chap_policy(reg, &target.accounts))
+    };
+    let tsih = reg.alloc_tsih();
+    let authenticated = chap.is_some();
+    Ok((
+        LoginAccept {
+            tsih,
+            target_portal_group_tag: TPGT,
+            target_alias: None,
+            chap,
+        },
+        PendingLogin {
+            info: info.clone(),
+            tid,
+            tsih,
+            authenticated,
+        },
+    ))
+}
+
+/// The login completed (full feature phase): the session exists from now on.
+fn register_session(
+    reg: &mut RegistryInner,
+    login: &PendingLogin,
+    peer: SocketAddr,
+    handle: ConnHandle,
+    fd: i32,
+    shared: &Shared,
+) -> Result<SessionCtx, LoginStatus> {
+    let info = &login.info;
+    if login.authenticated {
+        reg.auth_throttle.succeeded(peer.ip());
+    }
+    let Some(tid) = login.tid else {
+        let sid = reg.alloc_sid();
+        return Ok(SessionCtx {
+            sid,
+            nexus: NexusId(sid),
+            initiator: info.initiator_name.clone(),
+            target: None,
+            snap: Arc::new(LunSnapshot::default()),
+            snap_version: 0,
+            registered: false,
+        });
+    };
     // RFC 7143 §6.3.5: a leading login with TSIH 0 and the ISID of an
     // existing session of this initiator reinstates it: the old one goes.
     let old: Vec<u64> = reg
@@ -1400,7 +1515,6 @@ fn decide_login(
         }
     }
     let sid = reg.alloc_sid();
-    let tsih = reg.alloc_tsih();
     let nexus = NexusId(sid);
     let target = reg.targets.get(&tid).ok_or(LoginStatus::TARGET_REMOVED)?;
     let identity = NexusIdentity {
@@ -1417,7 +1531,7 @@ fn decide_login(
         SessionEntry {
             sid,
             tid,
-            tsih,
+            tsih: login.tsih,
             isid: info.isid,
             initiator: info.initiator_name.clone(),
             alias: info.initiator_alias.clone(),
@@ -1426,26 +1540,19 @@ fn decide_login(
                 cid: info.cid,
                 peer,
                 handle,
-                fd: None,
+                fd: Some(fd),
             }],
         },
     );
-    Ok((
-        LoginAccept {
-            tsih,
-            target_portal_group_tag: TPGT,
-            target_alias: None,
-        },
-        SessionCtx {
-            sid,
-            nexus,
-            initiator: info.initiator_name.clone(),
-            snap: shared_t.snapshot(),
-            snap_version: shared_t.version(),
-            target: Some(shared_t),
-            registered: true,
-        },
-    ))
+    Ok(SessionCtx {
+        sid,
+        nexus,
+        initiator: info.initiator_name.clone(),
+        snap: shared_t.snapshot(),
+        snap_version: shared_t.version(),
+        target: Some(shared_t),
+        registered: true,
+    })
 }
 
 /// TargetAddress values (RFC 7143 §13.8): every portal, with a wildcard
@@ -1566,6 +1673,7 @@ mod tests {
                 name: IQN.to_string(),
                 luns: Default::default(),
                 acl,
+                accounts: Default::default(),
                 shared: Registry::new_target_shared(1),
             },
         );
@@ -1604,41 +1712,42 @@ mod tests {
         "127.0.0.1:40000".parse().unwrap()
     }
 
+    /// decide_login, then — the login having completed — register_session.
+    fn log_in(
+        reg: &mut RegistryInner,
+        info: &LoginInfo,
+        token: usize,
+        shared: &Shared,
+    ) -> Result<(LoginAccept, SessionCtx), LoginStatus> {
+        let (accept, pending) = decide_login(reg, info, peer(), Instant::now())?;
+        let s = register_session(reg, &pending, peer(), handle(token), -1, shared)?;
+        Ok((accept, s))
+    }
+
     #[test]
     fn same_isid_reinstates_the_session() {
         let shared = shared_with_target(vec![AclEntry::All]);
         let mut reg = shared.registry.lock();
         let isid = [0x80, 0, 0, 0, 0, 1];
-        let (a, first) = decide_login(
-            &mut reg,
-            &login(isid, 0, Some(IQN)),
-            peer(),
-            handle(1),
-            &shared,
-        )
-        .unwrap();
+        let (a, first) = log_in(&mut reg, &login(isid, 0, Some(IQN)), 1, &shared).unwrap();
         assert_ne!(a.tsih, 0);
         assert_eq!(reg.sessions.len(), 1);
+        // Only admitted (its login not complete, e.g. still proving a CHAP
+        // secret): the old session stays.
+        decide_login(&mut reg, &login(isid, 0, Some(IQN)), peer(), Instant::now()).unwrap();
+        assert!(reg.sessions.contains_key(&first.sid));
         // RFC 7143 §6.3.5: a new leading login with the same ISID replaces it.
-        let (b, second) = decide_login(
-            &mut reg,
-            &login(isid, 0, Some(IQN)),
-            peer(),
-            handle(2),
-            &shared,
-        )
-        .unwrap();
+        let (b, second) = log_in(&mut reg, &login(isid, 0, Some(IQN)), 2, &shared).unwrap();
         assert_eq!(reg.sessions.len(), 1);
         assert!(!reg.sessions.contains_key(&first.sid));
         let s = &reg.sessions[&second.sid];
         assert_eq!(s.connections[0].handle, handle(2));
         assert_ne!(a.tsih, b.tsih);
         // A different ISID is a second session, not a reinstatement.
-        decide_login(
+        log_in(
             &mut reg,
             &login([0x80, 0, 0, 0, 0, 2], 0, Some(IQN)),
-            peer(),
-            handle(3),
+            3,
             &shared,
         )
         .unwrap();
@@ -1652,40 +1761,45 @@ mod tests {
         let isid = [0x80, 0, 0, 0, 0, 1];
         let err = |r: Result<(LoginAccept, SessionCtx), LoginStatus>| r.err().unwrap();
         assert_eq!(
-            err(decide_login(
+            err(log_in(
                 &mut reg,
                 &login(isid, 0, Some("iqn.nope")),
-                peer(),
-                handle(1),
+                1,
                 &shared
             )),
             LoginStatus::TARGET_NOT_FOUND
         );
         assert_eq!(
-            err(decide_login(
-                &mut reg,
-                &login(isid, 0, Some(IQN)),
-                peer(),
-                handle(1),
-                &shared
-            )),
+            err(log_in(&mut reg, &login(isid, 0, Some(IQN)), 1, &shared)),
             LoginStatus::AUTHORIZATION_FAILURE
         );
         reg.targets.get_mut(&1).unwrap().acl.push(AclEntry::All);
         // Adding a connection (TSIH != 0) to a session we never made.
         assert_eq!(
-            err(decide_login(
-                &mut reg,
-                &login(isid, 77, Some(IQN)),
-                peer(),
-                handle(1),
-                &shared
-            )),
+            err(log_in(&mut reg, &login(isid, 77, Some(IQN)), 1, &shared)),
             LoginStatus::SESSION_DOES_NOT_EXIST
         );
         // Discovery sessions need no target and are not in the session table.
-        assert!(decide_login(&mut reg, &login(isid, 0, None), peer(), handle(1), &shared).is_ok());
+        assert!(log_in(&mut reg, &login(isid, 0, None), 1, &shared).is_ok());
         assert!(reg.sessions.is_empty());
+        // CHAP: an account bound to the target puts it in the policy.
+        reg.accounts.add("u", "secretsecret12").unwrap();
+        let mut b = reg.targets[&1].accounts.clone();
+        reg.accounts.bind(&mut b, "u", false).unwrap();
+        reg.targets.get_mut(&1).unwrap().accounts = b;
+        let (accept, pending) =
+            decide_login(&mut reg, &login(isid, 0, Some(IQN)), peer(), Instant::now()).unwrap();
+        let chap = accept.chap.expect("CHAP required");
+        assert_eq!(chap.incoming[0].user, "u");
+        assert!(pending.authenticated);
+        // Repeated authentication failures from one address: refused for a while.
+        for _ in 0..=crate::throttle::FREE_FAILURES {
+            reg.auth_throttle.failed(peer().ip(), Instant::now());
+        }
+        assert_eq!(
+            err(log_in(&mut reg, &login(isid, 0, Some(IQN)), 1, &shared)),
+            LoginStatus::AUTHENTICATION_FAILURE
+        );
     }
 
     #[test]

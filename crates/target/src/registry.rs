@@ -15,7 +15,9 @@ use rtgt_backing::BackingStore;
 use rtgt_scsi::pr::NexusIdentity;
 use rtgt_scsi::{LogicalUnit, LunTable, NexusId};
 
+use crate::accounts::{Accounts, Bindings};
 use crate::acl::AclEntry;
+use crate::throttle::AuthThrottle;
 
 /// A logical unit with the store behind it, as the data path needs it.
 #[derive(Clone)]
@@ -78,6 +80,8 @@ pub struct TargetEntry {
     pub name: String,
     pub luns: BTreeMap<u64, LunEntry>,
     pub acl: Vec<AclEntry>,
+    /// CHAP accounts bound to this target (`tgtadm --mode account --op bind`).
+    pub accounts: Bindings,
     pub shared: Arc<TargetShared>,
 }
 
@@ -151,6 +155,9 @@ pub struct RegistryInner {
     pub targets: BTreeMap<i32, TargetEntry>,
     pub portals: Vec<Portal>,
     pub sessions: BTreeMap<u64, SessionEntry>,
+    pub accounts: Accounts,
+    /// Failed CHAP logins per address (slows down guessing).
+    pub auth_throttle: AuthThrottle,
     next_sid: u64,
     next_tsih: u16,
 }

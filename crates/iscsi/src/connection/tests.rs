@@ -1,6 +1,7 @@
 //! Deterministic tests: an in-memory initiator drives a `Connection<Vec<u8>>`.
 
 use super::*;
+use crate::chap::{ChapAccount, ChapPolicy};
 use crate::pdu::Stage;
 use proptest::prelude::*;
 
@@ -259,6 +260,7 @@ fn accept() -> LoginAccept {
         tsih: 7,
         target_portal_group_tag: 1,
         target_alias: Some("rtgt".into()),
+        chap: None,
     }
 }
 
@@ -2324,4 +2326,507 @@ fn initiator_pace_is_withheld_while_the_peer_owes_us_bytes() {
         Some(1),
         "one since the last look"
     );
+}
+
+// ----- CHAP (RFC 7143 §12.1.3) ----------------------------------------------
+
+const INITIATOR: &str = "iqn.1994-05.com.example:ini";
+const CHAP_NAMES: &str = "InitiatorName=iqn.1994-05.com.example:ini\0TargetName=iqn.2024-01.org.rtgt:disk\0SessionType=Normal\0";
+const ALICE_SECRET: &str = "alice-secret-12";
+const TARGET_SECRET: &str = "target-secret-34";
+
+fn chap_policy() -> ChapPolicy {
+    ChapPolicy {
+        incoming: vec![ChapAccount::new("alice", ALICE_SECRET)],
+        outgoing: Some(ChapAccount::new("rtgt-target", TARGET_SECRET)),
+    }
+}
+
+fn accept_chap(policy: ChapPolicy) -> LoginAccept {
+    LoginAccept {
+        chap: Some(policy),
+        ..accept()
+    }
+}
+
+/// What the initiator computes (RFC 1994 §4.1): H(identifier || secret ||
+/// challenge), straight from the digest crates.
+fn chap_hash(algorithm: &str, id: u8, secret: &str, challenge: &[u8]) -> Vec<u8> {
+    fn h<D: digest::Digest>(id: u8, secret: &str, challenge: &[u8]) -> Vec<u8> {
+        D::new()
+            .chain_update([id])
+            .chain_update(secret.as_bytes())
+            .chain_update(challenge)
+            .finalize()
+            .to_vec()
+    }
+    match algorithm {
+        "5" => h::<md5::Md5>(id, secret, challenge),
+        "6" => h::<sha1::Sha1>(id, secret, challenge),
+        "7" => h::<sha2::Sha256>(id, secret, challenge),
+        "8" => h::<sha3::Sha3_256>(id, secret, challenge),
+        a => panic!("CHAP_A={a}"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let digits: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("0x{digits}")
+}
+
+fn unhex(v: &str) -> Vec<u8> {
+    let digits = v.strip_prefix("0x").expect("0x value");
+    assert_eq!(digits.len() % 2, 0);
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The target's CHAP_A, CHAP_I, CHAP_C.
+struct TargetChallenge {
+    algorithm: String,
+    id: u8,
+    challenge: Vec<u8>,
+}
+
+impl TargetChallenge {
+    fn from(r: &Rx) -> Self {
+        let algorithm = r.key("CHAP_A").expect("CHAP_A");
+        let id = r.key("CHAP_I").expect("CHAP_I").parse().unwrap();
+        let challenge = unhex(&r.key("CHAP_C").expect("CHAP_C"));
+        TargetChallenge {
+            algorithm,
+            id,
+            challenge,
+        }
+    }
+
+    fn response(&self, secret: &str) -> String {
+        hex(&chap_hash(
+            &self.algorithm,
+            self.id,
+            secret,
+            &self.challenge,
+        ))
+    }
+}
+
+/// Logs in up to the target's challenge the way open-iscsi does: names and
+/// AuthMethod=CHAP,None with T=1 (the target stays, T=0), then CHAP_A alone.
+fn chap_challenged(policy: ChapPolicy, chap_a: &str) -> (Harness, TargetChallenge) {
+    let mut h = Harness::new(TargetConfig::default());
+    h.ok(
+        login_bhs(0, 1, true, false, 1, 1),
+        format!("{CHAP_NAMES}AuthMethod=CHAP,None\0").as_bytes(),
+    );
+    assert!(matches!(h.events()[..], [Event::Login(_)]));
+    assert!(h.recv().is_empty());
+    h.c.accept_login(accept_chap(policy));
+    let r = h.recv();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].bhs.u16_at(36), 0);
+    assert_eq!(
+        r[0].bhs.flags(),
+        0,
+        "T=0, CSG=NSG=0: authentication under way"
+    );
+    assert_eq!(r[0].key("AuthMethod").as_deref(), Some("CHAP"));
+    assert_eq!(r[0].key("TargetPortalGroupTag").as_deref(), Some("1"));
+    h.ok(
+        login_bhs(0, 1, false, false, 1, 1),
+        format!("CHAP_A={chap_a}\0").as_bytes(),
+    );
+    let r = h.recv();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].bhs.flags(), 0);
+    let c = TargetChallenge::from(&r[0]);
+    // RFC 7143 §12.1.3 and our choice: a challenge of the digest's length.
+    let len = match c.algorithm.as_str() {
+        "5" => 16,
+        "6" => 20,
+        _ => 32,
+    };
+    assert_eq!(c.challenge.len(), len);
+    assert!(h.events().is_empty());
+    (h, c)
+}
+
+/// The target refused with Authentication failure (status-class 2, detail 1)
+/// and told the driver once; returns the reported CHAP_N and reason.
+fn auth_failed(h: &mut Harness) -> (Option<String>, &'static str) {
+    let r = h.recv();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].op(), Opcode::LOGIN_RESPONSE);
+    assert_eq!(r[0].bhs.0[36], 2, "Status-Class: initiator error");
+    assert_eq!(r[0].bhs.0[37], 1, "Status-Detail: authentication failure");
+    assert!(r[0].data.is_empty());
+    assert!(h.c.is_closed());
+    assert!(!h.c.is_full_feature());
+    let ev = h.events();
+    match &ev[..] {
+        [Event::AuthenticationFailed {
+            initiator_name,
+            user,
+            reason,
+        }] => {
+            assert_eq!(initiator_name, INITIATOR);
+            (user.clone(), *reason)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Sends a security-stage Login Request the target must refuse.
+fn refused(h: &mut Harness, transit: bool, keys: &str) -> (Option<String>, &'static str) {
+    let sent = h.send(login_bhs(0, 1, transit, false, 1, 1), &[], keys.as_bytes());
+    assert!(matches!(
+        sent,
+        Err(ConnectionError::LoginFailed(
+            LoginStatus::AUTHENTICATION_FAILURE
+        ))
+    ));
+    auth_failed(h)
+}
+
+/// Finishes the login in the operational stage.
+fn finish_operational(h: &mut Harness) {
+    h.ok(login_bhs(1, 3, true, false, 1, 1), OP_KEYS.as_bytes());
+    let r = h.recv();
+    assert_eq!(r[0].bhs.flags(), 0x80 | (1 << 2) | 3);
+    assert_eq!(r[0].bhs.u16_at(36), 0);
+    assert!(matches!(h.events()[..], [Event::FullFeature(_)]));
+    assert!(h.c.is_full_feature());
+}
+
+#[test]
+fn chap_one_way_login() {
+    let (mut h, c) = chap_challenged(chap_policy(), "5");
+    assert_eq!(c.algorithm, "5");
+    // CHAP_N/CHAP_R with T=1: the target transits once they check out.
+    let keys = format!("CHAP_N=alice\0CHAP_R={}\0", c.response(ALICE_SECRET));
+    h.ok(login_bhs(0, 1, true, false, 1, 1), keys.as_bytes());
+    let r = h.recv();
+    assert_eq!(r[0].bhs.u16_at(36), 0);
+    assert_eq!(r[0].bhs.flags(), 0x80 | 1, "T=1, CSG 0, NSG 1");
+    assert_eq!(r[0].key("CHAP_N"), None, "no mutual CHAP asked for");
+    finish_operational(&mut h);
+}
+
+#[test]
+fn chap_mutual_login_straight_to_full_feature() {
+    let (mut h, c) = chap_challenged(chap_policy(), "7,5");
+    assert_eq!(c.algorithm, "7", "the initiator's first choice");
+    let ours: Vec<u8> = (0..32).map(|i| i * 7 + 1).collect();
+    let keys = format!(
+        "CHAP_N=alice\0CHAP_R={}\0CHAP_I=200\0CHAP_C={}\0",
+        c.response(ALICE_SECRET),
+        hex(&ours)
+    );
+    h.ok(login_bhs(0, 3, true, false, 1, 1), keys.as_bytes());
+    let r = h.recv();
+    assert_eq!(r[0].bhs.u16_at(36), 0);
+    assert_eq!(r[0].bhs.flags(), 0x80 | 3, "T=1, CSG 0, NSG 3");
+    assert_eq!(r[0].bhs.u16_at(14), 7, "TSIH in the final response");
+    assert_eq!(r[0].key("CHAP_N").as_deref(), Some("rtgt-target"));
+    // The initiator checks the target's answer to its challenge.
+    let expected = hex(&chap_hash("7", 200, TARGET_SECRET, &ours));
+    assert_eq!(r[0].key("CHAP_R"), Some(expected));
+    assert!(r[0].key("MaxRecvDataSegmentLength").is_some());
+    assert!(matches!(h.events()[..], [Event::FullFeature(_)]));
+    assert!(h.c.is_full_feature());
+}
+
+#[test]
+fn chap_mutual_then_transit_in_a_later_request() {
+    let (mut h, c) = chap_challenged(chap_policy(), "6");
+    let keys = format!(
+        "CHAP_I=0x10\0CHAP_C={}\0CHAP_R={}\0CHAP_N=alice\0",
+        hex(&[0xa5; 16]),
+        c.response(ALICE_SECRET),
+    );
+    h.ok(login_bhs(0, 1, false, false, 1, 1), keys.as_bytes());
+    let r = h.recv();
+    assert_eq!(r[0].bhs.flags(), 0, "no transit asked for");
+    let expected = hex(&chap_hash("6", 0x10, TARGET_SECRET, &[0xa5; 16]));
+    assert_eq!(r[0].key("CHAP_R"), Some(expected));
+    h.ok(login_bhs(0, 1, true, false, 1, 1), b"");
+    assert_eq!(h.recv()[0].bhs.flags(), 0x81);
+    finish_operational(&mut h);
+}
+
+#[test]
+fn chap_sha3_256_login() {
+    let (mut h, c) = chap_challenged(chap_policy(), "8");
+    assert_eq!(c.algorithm, "8");
+    let keys = format!("CHAP_N=alice\0CHAP_R={}\0", c.response(ALICE_SECRET));
+    h.ok(login_bhs(0, 1, true, false, 1, 1), keys.as_bytes());
+    assert_eq!(h.recv()[0].bhs.flags(), 0x81);
+    finish_operational(&mut h);
+}
+
+#[test]
+fn chap_base64_response_is_accepted() {
+    use base64::Engine as _;
+    let (mut h, c) = chap_challenged(chap_policy(), "5");
+    let r = chap_hash("5", c.id, ALICE_SECRET, &c.challenge);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(r);
+    let keys = format!("CHAP_N=alice\0CHAP_R=0b{b64}\0");
+    h.ok(login_bhs(0, 1, true, false, 1, 1), keys.as_bytes());
+    assert_eq!(h.recv()[0].bhs.flags(), 0x81);
+    finish_operational(&mut h);
+}
+
+#[test]
+fn chap_algorithm_in_the_first_request() {
+    let mut h = Harness::new(TargetConfig::default());
+    h.ok(
+        login_bhs(0, 1, true, false, 1, 1),
+        format!("{CHAP_NAMES}AuthMethod=None,CHAP\0CHAP_A=6,5\0").as_bytes(),
+    );
+    assert!(matches!(h.events()[..], [Event::Login(_)]));
+    h.c.accept_login(accept_chap(chap_policy()));
+    let r = h.recv();
+    assert_eq!(r[0].bhs.flags(), 0);
+    assert_eq!(r[0].key("AuthMethod").as_deref(), Some("CHAP"));
+    let c = TargetChallenge::from(&r[0]);
+    assert_eq!((c.algorithm.as_str(), c.challenge.len()), ("6", 20));
+    let keys = format!("CHAP_N=alice\0CHAP_R={}\0", c.response(ALICE_SECRET));
+    h.ok(login_bhs(0, 1, true, false, 1, 1), keys.as_bytes());
+    assert_eq!(h.recv()[0].bhs.flags(), 0x81);
+    finish_operational(&mut h);
+}
+
+#[test]
+fn chap_wrong_secret() {
+    let (mut h, c) = chap_challenged(chap_policy(), "5");
+    let keys = format!("CHAP_N=alice\0CHAP_R={}\0", c.response("not-the-secret"));
+    assert_eq!(
+        refused(&mut h, true, &keys),
+        (Some("alice".into()), "wrong CHAP response")
+    );
+}
+
+#[test]
+fn chap_unknown_user() {
+    let (mut h, c) = chap_challenged(chap_policy(), "5");
+    let keys = format!("CHAP_N=mallory\0CHAP_R={}\0", c.response(ALICE_SECRET));
+    assert_eq!(
+        refused(&mut h, true, &keys),
+        (Some("mallory".into()), "unknown CHAP user")
+    );
+}
+
+#[test]
+fn chap_wrong_length_response() {
+    let (mut h, c) = chap_challenged(chap_policy(), "7");
+    // An MD5-sized answer to a SHA-256 challenge.
+    let r = hex(&chap_hash("5", c.id, ALICE_SECRET, &c.challenge));
+    let keys = format!("CHAP_N=alice\0CHAP_R={r}\0");
+    assert_eq!(refused(&mut h, true, &keys).1, "CHAP value of wrong length");
+}
+
+#[test]
+fn chap_reflected_challenge() {
+    let (mut h, c) = chap_challenged(chap_policy(), "5");
+    let keys = format!(
+        "CHAP_N=alice\0CHAP_R={}\0CHAP_I={}\0CHAP_C={}\0",
+        c.response(ALICE_SECRET),
+        c.id,
+        hex(&c.challenge)
+    );
+    assert_eq!(refused(&mut h, true, &keys).1, "reflected challenge");
+}
+
+#[test]
+fn chap_same_secret_both_ways_is_refused() {
+    let policy = ChapPolicy {
+        outgoing: Some(ChapAccount::new("rtgt-target", ALICE_SECRET)),
+        ..chap_policy()
+    };
+    let (mut h, c) = chap_challenged(policy, "5");
+    let keys = format!(
+        "CHAP_N=alice\0CHAP_R={}\0CHAP_I=1\0CHAP_C={}\0",
+        c.response(ALICE_SECRET),
+        hex(&[3; 16])
+    );
+    assert_eq!(refused(&mut h, true, &keys).1, "same secret both ways");
+}
+
+#[test]
+fn chap_mutual_without_outgoing_account() {
+    let policy = ChapPolicy {
+        outgoing: None,
+        ..chap_policy()
+    };
+    let (mut h, c) = chap_challenged(policy, "5");
+    let keys = format!(
+        "CHAP_N=alice\0CHAP_R={}\0CHAP_I=1\0CHAP_C={}\0",
+        c.response(ALICE_SECRET),
+        hex(&[3; 16])
+    );
+    assert_eq!(refused(&mut h, true, &keys).1, "mutual CHAP not configured");
+}
+
+#[test]
+fn chap_unsupported_algorithms() {
+    let mut h = Harness::new(TargetConfig::default());
+    h.ok(
+        login_bhs(0, 1, false, false, 1, 1),
+        format!("{CHAP_NAMES}AuthMethod=CHAP\0").as_bytes(),
+    );
+    h.c.accept_login(accept_chap(chap_policy()));
+    let _ = h.recv();
+    let _ = h.events();
+    assert_eq!(
+        refused(&mut h, false, "CHAP_A=1,2,3\0"),
+        (None, "no supported CHAP algorithm")
+    );
+}
+
+#[test]
+fn chap_required_but_initiator_offers_none() {
+    let mut h = Harness::new(TargetConfig::default());
+    h.ok(
+        login_bhs(0, 1, true, false, 1, 1),
+        format!("{CHAP_NAMES}AuthMethod=None\0").as_bytes(),
+    );
+    assert!(matches!(h.events()[..], [Event::Login(_)]));
+    h.c.accept_login(accept_chap(chap_policy()));
+    assert_eq!(auth_failed(&mut h), (None, "CHAP required"));
+}
+
+#[test]
+fn chap_required_but_no_auth_method_offered() {
+    // Leaving the security stage without AuthMethod.
+    let mut h = Harness::new(TargetConfig::default());
+    h.ok(login_bhs(0, 1, false, false, 1, 1), CHAP_NAMES.as_bytes());
+    h.c.accept_login(accept_chap(chap_policy()));
+    assert_eq!(h.recv()[0].bhs.flags(), 0);
+    let _ = h.events();
+    assert_eq!(refused(&mut h, true, ""), (None, "CHAP required"));
+
+    // Skipping the security stage altogether (§6.3).
+    let mut h = Harness::new(TargetConfig::default());
+    h.ok(login_bhs(1, 3, true, false, 1, 1), CHAP_NAMES.as_bytes());
+    assert!(matches!(h.events()[..], [Event::Login(_)]));
+    h.c.accept_login(accept_chap(chap_policy()));
+    assert_eq!(auth_failed(&mut h), (None, "CHAP required"));
+}
+
+#[test]
+fn chap_transit_without_response_fails() {
+    let (mut h, _) = chap_challenged(chap_policy(), "5");
+    assert_eq!(
+        refused(&mut h, true, ""),
+        (None, "CHAP_N or CHAP_R missing")
+    );
+}
+
+#[test]
+fn chap_keys_out_of_order() {
+    // CHAP_N before the challenge.
+    let mut h = Harness::new(TargetConfig::default());
+    h.ok(
+        login_bhs(0, 1, false, false, 1, 1),
+        format!("{CHAP_NAMES}AuthMethod=CHAP\0").as_bytes(),
+    );
+    h.c.accept_login(accept_chap(chap_policy()));
+    let _ = (h.recv(), h.events());
+    assert_eq!(
+        refused(&mut h, false, "CHAP_N=alice\0"),
+        (Some("alice".into()), "CHAP key out of order")
+    );
+
+    // A second CHAP_A after the challenge.
+    let (mut h, _) = chap_challenged(chap_policy(), "5");
+    assert_eq!(
+        refused(&mut h, false, "CHAP_A=5\0").1,
+        "CHAP key out of order"
+    );
+
+    // AuthMethod again mid-exchange.
+    let (mut h, _) = chap_challenged(chap_policy(), "5");
+    assert_eq!(
+        refused(&mut h, false, "AuthMethod=None\0").1,
+        "AuthMethod renegotiated"
+    );
+}
+
+#[test]
+fn chap_keys_in_the_operational_stage() {
+    let (mut h, c) = chap_challenged(chap_policy(), "5");
+    let keys = format!("CHAP_N=alice\0CHAP_R={}\0", c.response(ALICE_SECRET));
+    h.ok(login_bhs(0, 1, true, false, 1, 1), keys.as_bytes());
+    let _ = h.recv();
+    let sent = h.send(login_bhs(1, 3, true, false, 1, 1), &[], keys.as_bytes());
+    assert!(sent.is_err());
+    assert_eq!(
+        auth_failed(&mut h),
+        (Some("alice".into()), "CHAP key outside the security stage")
+    );
+}
+
+#[test]
+fn chap_keys_are_irrelevant_when_none_is_agreed() {
+    // No policy: AuthMethod=None is agreed and CHAP keys are moot (§6.2).
+    let mut h = Harness::new(TargetConfig::default());
+    h.ok(
+        login_bhs(0, 1, true, false, 1, 1),
+        format!("{CHAP_NAMES}AuthMethod=CHAP,None\0CHAP_A=5\0").as_bytes(),
+    );
+    h.c.accept_login(accept());
+    let r = h.recv();
+    assert_eq!(r[0].bhs.flags(), 0x81);
+    assert_eq!(r[0].key("AuthMethod").as_deref(), Some("None"));
+    assert_eq!(r[0].key("CHAP_A").as_deref(), Some("Irrelevant"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever the initiator puts in CHAP keys, the target neither panics nor
+    /// lets it in without the secret.
+    #[test]
+    fn arbitrary_chap_values_never_panic(
+        chap_a in prop_oneof![Just("5".to_string()), Just("7,8".to_string()), "[0-9,x]{0,12}"],
+        requests in proptest::collection::vec(
+            (
+                any::<bool>(),
+                proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("CHAP_A"), Just("CHAP_I"), Just("CHAP_C"),
+                            Just("CHAP_N"), Just("CHAP_R"), Just("AuthMethod"),
+                        ],
+                        prop_oneof![
+                            "(0x|0X|0b|0B)[0-9a-fA-F+/=]{0,80}",
+                            "[0-9]{0,5}",
+                            "[^\u{0}]{0,40}",
+                        ],
+                    ),
+                    0..6,
+                ),
+            ),
+            1..5,
+        ),
+    ) {
+        let mut h = Harness::new(TargetConfig::default());
+        let first = format!("{CHAP_NAMES}AuthMethod=CHAP\0CHAP_A={chap_a}\0");
+        let _ = h.send(login_bhs(0, 1, false, false, 1, 1), &[], first.as_bytes());
+        let _ = h.events();
+        h.c.accept_login(accept_chap(chap_policy()));
+        for (transit, pairs) in requests {
+            let _ = h.raw_output();
+            let _ = h.events();
+            if h.c.is_closed() {
+                break;
+            }
+            let data: String = pairs.iter().map(|(k, v)| format!("{k}={v}\0")).collect();
+            let _ = h.send(login_bhs(0, 3, transit, false, 1, 1), &[], data.as_bytes());
+            prop_assert!(!h.c.is_full_feature());
+        }
+        let _ = h.raw_output();
+        prop_assert!(!h.c.is_full_feature());
+    }
 }
