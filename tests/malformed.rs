@@ -670,3 +670,60 @@ fn commands_short_of_a_coalescing_batch_are_still_answered() {
     }
     d.assert_alive("after the stragglers");
 }
+
+/// 10,000 connections that open and never send a byte must not keep a real
+/// initiator out: past `max_pending_logins` (4,096, or half the open file
+/// limit) the target closes the oldest connections still logging in, so
+/// `iscsi-inq` logs in beside them and the daemon's memory stays bounded.
+#[test]
+fn stalled_connections_do_not_keep_an_initiator_out() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    require("iscsi-inq");
+    const STALLED: usize = 10_000;
+    // Our side needs a descriptor per connection too.
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    }
+    assert!(
+        hard >= STALLED as u64 + 256,
+        "the open file limit ({hard}) is too low for {STALLED} connections"
+    );
+    let mut d = Tgtd::start(TgtdOpts::default());
+    d.new_target_with_lun(1, IQN, GIB);
+    let before = rss_kib(d.pid());
+    let addr = SocketAddr::from(([127, 0, 0, 1], d.port));
+    let mut stalled = Vec::with_capacity(STALLED);
+    for _ in 0..STALLED {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+            Ok(s) => stalled.push(s),
+            Err(e) => panic!(
+                "connection {} of {STALLED} failed: {e}\n{}",
+                stalled.len() + 1,
+                d.log()
+            ),
+        }
+    }
+    let out = run_tool(
+        "iscsi-inq",
+        &[&format!("{}{IQN}/1", d.url())],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.success(),
+        "{}\nbeside {} stalled connections\n{}",
+        out.describe("iscsi-inq"),
+        stalled.len(),
+        d.log()
+    );
+    let grown = rss_kib(d.pid()).saturating_sub(before);
+    // A few KiB per connection at most (~1 MiB per 100): a per-connection
+    // receive buffer (64 KiB + a maximal PDU) would be gigabytes here.
+    assert!(
+        grown < 256 * 1024,
+        "RSS grew by {grown} KiB with {} stalled connections",
+        stalled.len()
+    );
+    drop(stalled);
+    d.assert_alive("after the stalled connections");
+}

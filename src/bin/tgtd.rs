@@ -44,7 +44,9 @@ struct Args {
     /// iSCSI driver options, comma separated: portal=ADDR:PORT (repeatable),
     /// nop_interval=SECONDS, nop_count=N, rx_coalesce=MICROSECONDS (longest a
     /// command waits to be read with the next ones while its initiator is
-    /// behind on our answers; 0 reads every command at once; default 200).
+    /// behind on our answers; 0 reads every command at once; default 200),
+    /// max_pending_logins=N (connections still logging in, at most: past it
+    /// the oldest is closed; default 4,096 or half the open file limit).
     #[arg(long = "iscsi", value_name = "OPTIONS")]
     iscsi: Vec<String>,
     /// Reactor threads (default: online CPUs).
@@ -78,6 +80,12 @@ fn iscsi_options(args: &Args) -> Result<(Vec<SocketAddr>, TargetConfig)> {
                     cfg.nop_interval = (s > 0).then(|| Duration::from_secs(s));
                 }
                 "nop_count" => cfg.nop_count = v.parse().context("--iscsi nop_count")?,
+                "max_pending_logins" => {
+                    cfg.max_pending_logins = v.parse().context("--iscsi max_pending_logins")?;
+                    if cfg.max_pending_logins == 0 {
+                        bail!("--iscsi max_pending_logins: at least 1");
+                    }
+                }
                 "rx_coalesce" => {
                     let us: u64 = v.parse().context("--iscsi rx_coalesce")?;
                     if us > MAX_RX_COALESCE_US {
@@ -157,6 +165,24 @@ fn quickstart(running: &rtgt_target::Running, file: &PathBuf) -> Result<()> {
     Ok(())
 }
 
+/// Raise the soft limit on open files to the hard one, as servers do: each
+/// connection and backing file is a descriptor, and the usual soft limit of
+/// 1,024 would run out long before the machine does. Returns the limit.
+fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!("can't raise the open file limit from {soft} to {hard}: {e}");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    }
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let level = if args.debug > 0 { "debug" } else { "info" };
@@ -169,7 +195,15 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    let (portals, iscsi) = iscsi_options(&args)?;
+    let (portals, mut iscsi) = iscsi_options(&args)?;
+    let files = raise_open_file_limit();
+    if !args.iscsi.iter().any(|o| o.contains("max_pending_logins=")) {
+        // Half the descriptors at most for connections still logging in:
+        // stalled ones must not leave none for sessions and backing files.
+        iscsi.max_pending_logins = iscsi
+            .max_pending_logins
+            .min(u32::try_from(files / 2).unwrap_or(u32::MAX).max(16));
+    }
     let reactors = args.reactors.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())

@@ -55,6 +55,10 @@ pub struct TargetConfig {
     /// commands in the socket, to read them in one batch, while the initiator
     /// is still behind on answers it already has (`None`: never).
     pub rx_coalesce: Option<Duration>,
+    /// Connections still logging in, at most, over all reactors: past it the
+    /// oldest is closed to make room, so that connections which open and
+    /// stall cannot keep a real initiator out (its login takes milliseconds).
+    pub max_pending_logins: u32,
 }
 
 impl Default for TargetConfig {
@@ -79,6 +83,7 @@ impl Default for TargetConfig {
             login_timeout: Duration::from_secs(15),
             nop_interval: Some(Duration::from_secs(30)),
             rx_coalesce: Some(DEFAULT_RX_COALESCE),
+            max_pending_logins: 4096,
             nop_count: 3,
         }
     }

@@ -5,6 +5,7 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -144,13 +145,19 @@ impl Acceptor {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(64);
         let mut next = 0usize;
+        // Out of file descriptors: the listeners are edge-triggered, so the
+        // connections already queued would wait for the next one to arrive.
+        // Retry on a timer instead, until accept works again.
+        let mut starved = false;
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            let timeout = starved.then_some(ACCEPT_RETRY);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     warn!("acceptor poll: {e}");
                 }
                 continue;
             }
+            let mut ready: Vec<usize> = Vec::new();
             for ev in events.iter() {
                 if ev.token() == WAKER {
                     while let Ok(msg) = self.rx.try_recv() {
@@ -170,43 +177,65 @@ impl Acceptor {
                             AcceptorMsg::Shutdown => return,
                         }
                     }
-                    continue;
+                } else {
+                    ready.push(ev.token().0);
                 }
-                let Some(l) = self.listeners.get(ev.token().0) else {
+            }
+            if starved {
+                ready = self.listeners.iter().map(|(k, _)| k).collect();
+            }
+            let was_starved = std::mem::take(&mut starved);
+            for key in ready {
+                let Some(l) = self.listeners.get(key) else {
                     continue;
                 };
-                loop {
-                    match l.accept() {
-                        Ok((stream, peer)) => {
-                            let _ = stream.set_nodelay(true);
-                            let local = match stream.local_addr() {
-                                Ok(a) => a,
-                                Err(_) => continue,
-                            };
-                            // Least-loaded reactor; ties broken round-robin.
-                            let n = self.reactors.len();
-                            let pick = (0..n)
-                                .map(|i| (next + i) % n)
-                                .min_by_key(|&i| self.reactors[i].load())
-                                .unwrap_or(0);
-                            next = (pick + 1) % n.max(1);
-                            self.reactors[pick].send(ReactorMsg::NewConnection {
-                                stream,
-                                peer,
-                                local,
-                            });
+                match accept_all(l, &self.reactors, &mut next) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        if !was_starved {
+                            warn!("accept: {e}; retrying every {ACCEPT_RETRY:?}");
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            // EMFILE and friends: log and wait for the next
-                            // readiness instead of spinning.
-                            warn!("accept: {e}");
-                            break;
-                        }
+                        starved = true;
                     }
                 }
             }
+            if was_starved && !starved {
+                info!("accepting connections again");
+            }
+        }
+    }
+}
+
+/// How often accepting is retried once it ran out of file descriptors.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// Accept everything queued on `l`, handing each connection to the least
+/// loaded reactor. An error other than "nothing left" (EMFILE and friends)
+/// is returned: what is still queued must be retried.
+fn accept_all(l: &TcpListener, reactors: &[ReactorHandle], next: &mut usize) -> io::Result<()> {
+    loop {
+        match l.accept() {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let Ok(local) = stream.local_addr() else {
+                    continue;
+                };
+                // Least-loaded reactor; ties broken round-robin.
+                let n = reactors.len();
+                let pick = (0..n)
+                    .map(|i| (*next + i) % n)
+                    .min_by_key(|&i| reactors[i].load())
+                    .unwrap_or(0);
+                *next = (pick + 1) % n.max(1);
+                reactors[pick].send(ReactorMsg::NewConnection {
+                    stream,
+                    peer,
+                    local,
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }

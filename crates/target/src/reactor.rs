@@ -7,6 +7,7 @@
 //! SCSI commands against the session's LUN snapshot, submits I/O to the
 //! store, and writes responses when completions arrive on its eventfd.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -168,6 +169,8 @@ struct Conn {
     session: Option<SessionCtx>,
     /// Admitted, not yet logged in (see [`PendingLogin`]).
     pending_login: Option<PendingLogin>,
+    /// Not yet in full feature phase (counted in `Reactor::logging_in`).
+    logging_in: bool,
     /// Fatal: close without flushing.
     dead: bool,
     /// Protocol error: flush what is queued (a Reject, a Login Response), then close.
@@ -248,6 +251,10 @@ pub struct Reactor {
     /// Connections read in this loop turn (coalescing is decided for them
     /// before the reactor sleeps).
     read_in_turn: Vec<usize>,
+    /// Connections still logging in, oldest first (entries of connections
+    /// gone or logged in since are skipped), and how many there are.
+    logins: VecDeque<(usize, u64)>,
+    logging_in: usize,
 }
 
 /// Largest buffer a command may use (Block Limits MAXIMUM TRANSFER LENGTH is
@@ -311,6 +318,8 @@ impl Reactor {
                 coalesce_deadline,
                 coalescing: Vec::new(),
                 read_in_turn: Vec::new(),
+                logins: VecDeque::new(),
+                logging_in: 0,
             },
             handle,
         ))
@@ -425,6 +434,7 @@ impl Reactor {
             rend: 0,
             session: None,
             pending_login: None,
+            logging_in: true,
             dead: false,
             closing: false,
             paused: false,
@@ -437,6 +447,9 @@ impl Reactor {
         });
         self.load.fetch_add(1, Ordering::Relaxed);
         debug!("reactor {}: connection from {peer}", self.id);
+        self.logins.push_back((idx, generation));
+        self.logging_in += 1;
+        self.make_room_for_logins();
     }
 
     /// Read what the socket has (within the budget), run the protocol, and
@@ -755,10 +768,38 @@ impl Reactor {
         }
     }
 
+    /// Past this reactor's share of `max_pending_logins`, close the oldest
+    /// connections still logging in (see `TargetConfig::max_pending_logins`).
+    fn make_room_for_logins(&mut self) {
+        let reactors = self.shared.reactors.get().map_or(1, |r| r.len().max(1));
+        let cap = (self.shared.iscsi.max_pending_logins as usize / reactors).max(1);
+        let live = |conns: &Slab<Conn>, (idx, generation): (usize, u64)| {
+            conns
+                .get(idx)
+                .is_some_and(|c| c.generation == generation && c.logging_in)
+        };
+        while let Some(&front) = self.logins.front() {
+            if live(&self.conns, front) && self.logging_in <= cap {
+                break;
+            }
+            self.logins.pop_front();
+            if live(&self.conns, front) {
+                debug!(
+                    "reactor {}: {} connections logging in: closing the oldest, from {}",
+                    self.id, self.logging_in, self.conns[front.0].peer
+                );
+                self.close(front.0);
+            }
+        }
+    }
+
     /// Login complete: register the session (see [`PendingLogin`]).
     fn on_full_feature(&mut self, idx: usize) {
         let handle = self.handle(idx);
         let conn = &mut self.conns[idx];
+        if std::mem::take(&mut conn.logging_in) {
+            self.logging_in -= 1;
+        }
         let Some(pending) = conn.pending_login.take() else {
             return;
         };
@@ -1261,6 +1302,9 @@ impl Reactor {
 
     fn close(&mut self, idx: usize) {
         let mut conn = self.conns.remove(idx);
+        if conn.logging_in {
+            self.logging_in -= 1;
+        }
         self.load.fetch_sub(1, Ordering::Relaxed);
         let _ = self.poll.registry().deregister(&mut conn.stream);
         // Buffers of tasks still gathering data and of unsent Data-In go back
