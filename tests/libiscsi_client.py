@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A command-line SCSI client on libiscsi (the initiator library of Debian's
 libiscsi7, through ctypes), for commands libiscsi's own tools do not send:
-PERSISTENT RESERVE IN/OUT and COMPARE AND WRITE. Used by the end-to-end tests.
+PERSISTENT RESERVE IN/OUT, COMPARE AND WRITE, and commands whose sense data a
+test checks. Used by the end-to-end tests.
 
 Usage: libiscsi_client.py PORTAL IQN LUN INITIATOR_NAME COMMAND [ARGS...]
 Commands (one session for all of them, run in order, separated by '--'):
@@ -10,8 +11,18 @@ Commands (one session for all of them, run in order, separated by '--'):
   release KEY TYPE               PERSISTENT RESERVE OUT RELEASE
   read-keys                      prints "keys: K1 K2 ..." (hex)
   read-reservation               prints "reservation: KEY TYPE" or "reservation: none"
-  write LBA BYTE                 WRITE(10) of one 512-byte block filled with BYTE
-  read LBA                       prints "read: B" (first byte of the block)
+  write LBA BYTE [BLOCKS [fua]]  WRITE(10) of BLOCKS (default 1) 512-byte blocks filled
+                                 with BYTE, with FUA when "fua" is given
+  read LBA [BLOCKS]              READ(10) of BLOCKS (default 1) blocks; prints "read: B"
+                                 when every byte read is B, else "read: mixed"
+  fill LBA BYTE BLOCKS COUNT     up to COUNT WRITE(10)s of BLOCKS blocks filled with BYTE,
+                                 from LBA on, stopping at the first that fails; prints
+                                 the status of the last one and "filled: N" (blocks
+                                 written with GOOD status)
+  sync                           SYNCHRONIZE CACHE(10) of the whole LU
+  sense                          prints "sense: KEY ASC ASCQ" (hex) of the previous
+                                 command's CHECK CONDITION, or "sense: none" (or
+                                 "sense: unparsed MESSAGE" if libiscsi's is unexpected)
   xcopy SRC DST N                EXTENDED COPY of N blocks from LBA SRC to LBA DST
   hold-sessions N SECONDS        log N more sessions in (initiator names NAME-0 ...),
                                  keep them idle for SECONDS, then leave
@@ -21,6 +32,7 @@ Every command prints "status: S" (the SCSI status, 0 GOOD, 2 CHECK CONDITION,
 24 RESERVATION CONFLICT). Exit status 0 unless the login failed.
 """
 import ctypes
+import re
 import struct
 import sys
 
@@ -60,6 +72,9 @@ lib.scsi_create_task.restype = c_void_p
 lib.scsi_create_task.argtypes = [ctypes.c_int, c_void_p, ctypes.c_int, ctypes.c_int]
 lib.iscsi_scsi_command_sync.restype = c_void_p
 lib.iscsi_scsi_command_sync.argtypes = [c_void_p, ctypes.c_int, c_void_p, c_void_p]
+lib.iscsi_synchronizecache10_sync.restype = c_void_p
+lib.iscsi_synchronizecache10_sync.argtypes = [
+    c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
 
 ISCSI_SESSION_NORMAL = 2
 SCSI_XFER_WRITE = 2
@@ -80,6 +95,15 @@ class ProutBasic(ctypes.Structure):
                 ("aptpl", ctypes.c_uint8)]
 
 
+SCSI_STATUS_CHECK_CONDITION = 2
+# libiscsi renders the sense of a CHECK CONDITION into the context's error
+# string as "SENSE KEY:NAME(key) ASCQ:NAME(0xAASS)" (iscsi_scsi_response()).
+# (NAME may be "(null)" for codes libiscsi has no name for.)
+SENSE_RE = re.compile(r"SENSE KEY:.*?\((\d+)\) ASCQ:.*\(0x([0-9a-fA-F]{4})\)")
+# What "sense" prints about the previous command.
+last_sense = "none"
+
+
 def status(task):
     # struct scsi_task starts with `int status`.
     if not task:
@@ -87,16 +111,43 @@ def status(task):
     return ctypes.c_int.from_address(task).value
 
 
-def read_block(ctx, lun, lba):
-    """READ(10) of one block into our own buffer; (status, bytes)."""
-    buf = ctypes.create_string_buffer(BLOCK)
-    task = lib.scsi_cdb_read10(lba, BLOCK, BLOCK, 0, 0, 0, 0, 0)
-    lib.scsi_task_add_data_in_buffer(task, BLOCK, buf)
+def report(ctx, s):
+    """Prints a command's status and keeps its sense for a following "sense"."""
+    global last_sense
+    last_sense = "none"
+    if s == SCSI_STATUS_CHECK_CONDITION:
+        error = lib.iscsi_get_error(ctx).decode(errors="replace")
+        m = SENSE_RE.search(error)
+        if m:
+            key, asc_ascq = int(m.group(1)), int(m.group(2), 16)
+            last_sense = f"{key:02x} {asc_ascq >> 8:02x} {asc_ascq & 0xFF:02x}"
+        else:
+            last_sense = "unparsed " + error
+    print("status:", s)
+
+
+def read_block(ctx, lun, lba, blocks=1):
+    """READ(10) of `blocks` blocks into our own buffer; (status, bytes)."""
+    size = blocks * BLOCK
+    buf = ctypes.create_string_buffer(size)
+    task = lib.scsi_cdb_read10(lba, size, BLOCK, 0, 0, 0, 0, 0)
+    lib.scsi_task_add_data_in_buffer(task, size, buf)
     done = lib.iscsi_scsi_command_sync(ctx, lun, task, None)
     s = status(done) if done else -1
     data = buf.raw
     lib.scsi_free_scsi_task(task)
     return s, data
+
+
+def write_blocks(ctx, lun, lba, byte, blocks, fua=0):
+    """WRITE(10) of `blocks` blocks filled with `byte`; the status."""
+    size = blocks * BLOCK
+    buf = ctypes.create_string_buffer(bytes([byte]) * size, size)
+    t = lib.iscsi_write10_sync(ctx, lun, lba, buf, size, BLOCK, 0, 0, fua, 0, 0)
+    s = status(t)
+    if t:
+        lib.scsi_free_scsi_task(t)
+    return s
 
 
 def naa_of(ctx, lun):
@@ -192,16 +243,16 @@ def main():
         op, args = cmd[0], cmd[1:]
         if op == "register":
             aptpl = 1 if len(args) > 1 and args[1] == "aptpl" else 0
-            print("status:", prout(ctx, lun, 0, 0, int(args[0], 16), aptpl=aptpl))
+            report(ctx, prout(ctx, lun, 0, 0, int(args[0], 16), aptpl=aptpl))
         elif op == "reserve":
-            print("status:", prout(ctx, lun, 1, int(args[0], 16), pr_type=int(args[1])))
+            report(ctx, prout(ctx, lun, 1, int(args[0], 16), pr_type=int(args[1])))
         elif op == "release":
-            print("status:", prout(ctx, lun, 2, int(args[0], 16), pr_type=int(args[1])))
+            report(ctx, prout(ctx, lun, 2, int(args[0], 16), pr_type=int(args[1])))
         elif op in ("read-keys", "read-reservation"):
             sa = 0 if op == "read-keys" else 1
             t = lib.iscsi_persistent_reserve_in_sync(ctx, lun, sa, 8192)
             s = status(t)
-            print("status:", s)
+            report(ctx, s)
             if s == 0:
                 p = lib.scsi_datain_unmarshall(t)
                 if op == "read-keys":
@@ -224,16 +275,33 @@ def main():
             if t:
                 lib.scsi_free_scsi_task(t)
         elif op == "write":
-            buf = ctypes.create_string_buffer(bytes([int(args[1], 16)]) * BLOCK, BLOCK)
-            t = lib.iscsi_write10_sync(ctx, lun, int(args[0]), buf, BLOCK, BLOCK, 0, 0, 0, 0, 0)
-            print("status:", status(t))
+            blocks = int(args[2]) if len(args) > 2 else 1
+            fua = 1 if len(args) > 3 and args[3] == "fua" else 0
+            report(ctx, write_blocks(ctx, lun, int(args[0]), int(args[1], 16), blocks, fua))
+        elif op == "read":
+            blocks = int(args[1]) if len(args) > 1 else 1
+            s, data = read_block(ctx, lun, int(args[0]), blocks)
+            report(ctx, s)
+            if s == 0:
+                uniform = data.count(data[0]) == len(data)
+                print("read:", f"{data[0]:x}" if uniform else "mixed")
+        elif op == "fill":
+            lba, byte, blocks, count = int(args[0]), int(args[1], 16), int(args[2]), int(args[3])
+            filled, s = 0, 0
+            for _ in range(count):
+                s = write_blocks(ctx, lun, lba + filled, byte, blocks)
+                if s != 0:
+                    break
+                filled += blocks
+            report(ctx, s)
+            print("filled:", filled)
+        elif op == "sync":
+            t = lib.iscsi_synchronizecache10_sync(ctx, lun, 0, 0, 0, 0)
+            report(ctx, status(t))
             if t:
                 lib.scsi_free_scsi_task(t)
-        elif op == "read":
-            s, data = read_block(ctx, lun, int(args[0]))
-            print("status:", s)
-            if s == 0:
-                print("read:", f"{data[0]:x}")
+        elif op == "sense":
+            print("sense:", last_sense)
         elif op == "caw-count":
             lba, rounds = int(args[0]), int(args[1])
             wins = misses = 0
@@ -281,7 +349,7 @@ def main():
                 lib.iscsi_logout_sync(c)
                 lib.iscsi_destroy_context(c)
         elif op == "xcopy":
-            print("status:", extended_copy(ctx, lun, int(args[0]), int(args[1]), int(args[2])))
+            report(ctx, extended_copy(ctx, lun, int(args[0]), int(args[1]), int(args[2])))
         else:
             print("unknown command", op)
             sys.exit(2)
