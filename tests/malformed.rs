@@ -15,6 +15,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::raw::rss_kib;
 use common::{require, require_qemu_iscsi, run_tool, spawn_tool, Tgtd, TgtdOpts, XorShift};
 
 const IQN: &str = "iqn.2026-11.org.rtgt:malformed";
@@ -520,16 +521,6 @@ fn silent_connection_is_closed_by_the_login_timeout() {
         ),
     }
     d.assert_alive("after the login timeout");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// A logged-in peer that floods NOP-Out pings (RFC 7143 §11.18: each asks for

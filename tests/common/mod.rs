@@ -803,3 +803,5 @@ pub fn libiscsi_client(
     );
     out
 }
+
+pub mod raw;

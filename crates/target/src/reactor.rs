@@ -177,6 +177,10 @@ struct Conn {
     closing: bool,
     /// Input is not read while the peer leaves our output unread.
     paused: bool,
+    /// epoll reported the peer's FIN (EPOLLRDHUP): a short read no longer
+    /// means the socket is empty, since the end of the stream raises no
+    /// further edge; reads go on until read(2) says 0.
+    read_closed: bool,
     /// Set once our side is shut down: input is discarded until the peer
     /// closes or this instant passes.
     linger_until: Option<Instant>,
@@ -372,6 +376,9 @@ impl Reactor {
                             if ev.is_error() {
                                 self.conns[idx].dead = true;
                             }
+                            if ev.is_read_closed() {
+                                self.conns[idx].read_closed = true;
+                            }
                             self.service(idx, ev.is_readable() || ev.is_read_closed());
                         }
                     }
@@ -438,6 +445,7 @@ impl Reactor {
             dead: false,
             closing: false,
             paused: false,
+            read_closed: false,
             linger_until: None,
             flush_queued: false,
             low_water: 1,
@@ -600,7 +608,7 @@ impl Reactor {
                     Ok(n) => {
                         conn.proto.placed(n, Instant::now());
                         self.process_events(idx);
-                        if n < room {
+                        if n < room && !self.conns[idx].read_closed {
                             return;
                         }
                     }
@@ -639,8 +647,9 @@ impl Reactor {
                     conn.rend += n;
                     // A short read emptied the socket: whatever arrives later
                     // raises a new edge (every segment wakes epoll), so the
-                    // read that would only say EAGAIN is skipped.
-                    n < room
+                    // read that would only say EAGAIN is skipped. Not after
+                    // the peer's FIN: the EOF behind the data raises none.
+                    n < room && !conn.read_closed
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if conn.rstart == conn.rend {
