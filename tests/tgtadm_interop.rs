@@ -378,3 +378,72 @@ fn bind_by_address_and_initiator_name() {
     assert!(show.contains("10.0.0.0/8") && show.contains(NAME), "{show}");
     d.assert_alive("after the ACL changes");
 }
+
+/// `--op delete --mode target --force` under a write load ends the sessions
+/// and the target, and the daemon goes on serving. (A LUN with commands at
+/// its store is refused deletion, like tgt: a unit test in mgmt.rs.)
+#[test]
+fn forced_target_delete_under_io_is_clean() {
+    require_qemu_iscsi();
+    let mut d = Tgtd::start(TgtdOpts::default());
+    d.new_target_with_lun_args(1, IQN, 256 * MIB, &["-E", "rdwr"]);
+    let url = d.lun_url(IQN, 1);
+    let load = common::spawn_tool(
+        "qemu-img",
+        &[
+            "bench",
+            "-f",
+            "raw",
+            "-w",
+            "-d",
+            "32",
+            "-s",
+            "4k",
+            "-c",
+            "100000000",
+            &url,
+        ],
+    );
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !d
+        .adm_ok(&[
+            "--lld", "iscsi", "--mode", "conn", "--op", "show", "--tid", "1",
+        ])
+        .contains("Session:")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "qemu-img never logged in\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = d.adm(&[
+        "--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", "1",
+    ]);
+    assert!(
+        stderr_of(&out).contains("this target is still active"),
+        "deleting a target with a session, without --force: {}",
+        stderr_of(&out)
+    );
+    d.adm_ok(&[
+        "--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", "1", "--force",
+    ]);
+    // QEMU's driver keeps trying to log back in to the deleted target; the
+    // target side is what is checked.
+    let show = d.adm_ok(&["--lld", "iscsi", "--mode", "target", "--op", "show"]);
+    assert!(!show.contains(IQN), "the target survived --force:\n{show}");
+    drop(load);
+    d.assert_alive("after a forced delete under load");
+    d.new_target_with_lun(2, "iqn.2026-11.org.rtgt:after", 16 * MIB);
+    let out = run_tool(
+        "iscsi-inq",
+        &[&d.lun_url("iqn.2026-11.org.rtgt:after", 1)],
+        TIMEOUT,
+    );
+    assert!(
+        out.success(),
+        "{}",
+        out.describe("a new target after the forced delete")
+    );
+}

@@ -22,8 +22,8 @@ pub mod xcopy;
 
 pub use cdb::{cdb_len, Cdb, CdbError, Opcode, PageControl};
 pub use lu::{
-    Command, DeviceType, IoKind, IoPlan, LogicalUnit, LuConfig, NexusId, Outcome, PlanBuffer,
-    PlanExtra, Response,
+    Command, DeviceType, IoGuard, IoKind, IoPlan, LogicalUnit, LuConfig, NexusId, Outcome,
+    PlanBuffer, PlanExtra, Response,
 };
 pub use lun::{lun_from_wire, lun_to_wire};
 pub use sense::{Asc, FieldPointer, Sense, SenseKey};

@@ -2,7 +2,8 @@
 //! SPC-4 §5.14).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use crate::cdb::{Cdb, CdbError, Opcode};
@@ -139,6 +140,27 @@ pub struct LogicalUnit {
     /// plan remembers the value it was admitted at; its completion only takes
     /// the lock to look closer when the value moved.
     abort_generation: AtomicU64,
+    /// Media commands at the store, counted by [`IoGuard`]s: a LUN is not
+    /// deleted under them (tgt answers "this logical unit is still active").
+    in_flight: AtomicUsize,
+}
+
+/// Counts one media command at the store against its LU while it lives;
+/// derefs to the LU.
+#[derive(Debug)]
+pub struct IoGuard(Arc<LogicalUnit>);
+
+impl std::ops::Deref for IoGuard {
+    type Target = LogicalUnit;
+    fn deref(&self) -> &LogicalUnit {
+        &self.0
+    }
+}
+
+impl Drop for IoGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Mutable per-LU state that commands change.
@@ -417,7 +439,19 @@ impl LogicalUnit {
             pr_persistence: Mutex::new(None),
             nexus_liveness: Mutex::new(None),
             abort_generation: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
         }
+    }
+
+    /// A media command goes to the store: counted until the guard drops.
+    pub fn begin_io(self: &Arc<Self>) -> IoGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        IoGuard(self.clone())
+    }
+
+    /// Media commands at the store now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Abort the tasks of `nexuses` (all when None) from outside them (SAM-5

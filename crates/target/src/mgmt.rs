@@ -552,6 +552,12 @@ fn lu_new(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
 fn lu_delete(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
     let mut reg = ctx.registry().lock();
     let t = reg.targets.get_mut(&req.tid).ok_or(TgtadmError::NoTarget)?;
+    let e = t.luns.get(&req.lun).ok_or(TgtadmError::NoLun)?;
+    if e.backing.lu.in_flight() > 0 {
+        // Like tgt: not under commands at the store (tgtadm has no --force
+        // for a LUN; `--op delete --mode target --force` ends the sessions).
+        return Err(TgtadmError::LunActive);
+    }
     let removed = t.luns.remove(&req.lun).ok_or(TgtadmError::NoLun)?;
     for e in t.luns.values() {
         e.backing
@@ -761,5 +767,53 @@ impl MgmtServer {
         // system` waits for connect() to fail with ECONNREFUSED (a file
         // nobody listens on), and would wait forever on ENOENT. The next
         // tgtd on this control port replaces the stale file.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtgt_iscsi::TargetConfig;
+
+    fn ctx() -> MgmtCtx {
+        MgmtCtx {
+            shared: Shared {
+                registry: Registry::new(),
+                reactors: Arc::new(std::sync::OnceLock::new()),
+                iscsi: TargetConfig::default(),
+            },
+            acceptor: None,
+            shutdown: Arc::new(Shutdown::default()),
+            io_threads: 1,
+        }
+    }
+
+    fn request(mode: Mode, op: Op, body: &str) -> Request {
+        let mut r = Request::new(mode, op);
+        r.lld = "iscsi".into();
+        r.tid = 1;
+        r.lun = 1;
+        r.body = body.into();
+        r
+    }
+
+    /// Like tgt's `tgt_device_destroy`: not while commands are at the store.
+    #[test]
+    fn a_lun_with_commands_at_its_store_is_not_deleted() {
+        let ctx = ctx();
+        let new_target = request(Mode::Target, Op::New, "targetname=iqn.2026-11.org.rtgt:m");
+        assert_eq!(handle(&ctx, &new_target).err, TgtadmError::Success);
+        let new_lun = request(Mode::Device, Op::New, "path=/dev/null,bstype=null");
+        assert_eq!(handle(&ctx, &new_lun).err, TgtadmError::Success);
+        let lu = ctx.registry().lock().targets[&1].luns[&1]
+            .backing
+            .lu
+            .clone();
+        let delete = request(Mode::Device, Op::Delete, "");
+        let guard = lu.begin_io();
+        assert_eq!(handle(&ctx, &delete).err, TgtadmError::LunActive);
+        drop(guard);
+        assert_eq!(handle(&ctx, &delete).err, TgtadmError::Success);
+        assert_eq!(handle(&ctx, &delete).err, TgtadmError::NoLun);
     }
 }

@@ -35,8 +35,8 @@ use rtgt_iscsi::{
     TaskManagement, Transmit,
 };
 use rtgt_scsi::{
-    lun_from_wire, pr::NexusIdentity, spc::RELATIVE_TARGET_PORT, Asc, Command, IoKind, IoPlan,
-    LogicalUnit, NexusId, Outcome, PlanBuffer, PlanExtra, Response, SenseKey,
+    lun_from_wire, pr::NexusIdentity, spc::RELATIVE_TARGET_PORT, Asc, Command, IoGuard, IoKind,
+    IoPlan, NexusId, Outcome, PlanBuffer, PlanExtra, Response, SenseKey,
 };
 
 use crate::registry::{
@@ -200,7 +200,8 @@ struct InFlight {
     conn: usize,
     generation: u64,
     itt: u32,
-    lu: Arc<LogicalUnit>,
+    /// The LU, counting this command as in flight until it is answered.
+    lu: IoGuard,
     plan: IoPlan,
     expected_len: u32,
     /// Store requests still out (UNMAP submits one per block descriptor).
@@ -1063,7 +1064,7 @@ impl Reactor {
                     conn: idx,
                     generation: conn.generation,
                     itt: cmd.itt,
-                    lu: lu.clone(),
+                    lu: lu.begin_io(),
                     plan,
                     expected_len: cmd.expected_len,
                     pending: 1 + extra_ranges.len(),
