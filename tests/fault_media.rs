@@ -68,33 +68,6 @@ fn sparse_file(path: &Path, size: u64) {
         .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
 }
 
-/// Target `tid` named `iqn` with LUN 1 on `path`, open to every initiator.
-/// `extra` goes to the logical unit (e.g. `["-E", "rdwr"]`).
-fn lun_on(d: &Tgtd, tid: u32, iqn: &str, path: &Path, extra: &[&str]) {
-    d.new_target(tid, iqn);
-    let tid = tid.to_string();
-    let path = path.to_string_lossy();
-    let mut args = vec![
-        "--lld",
-        "iscsi",
-        "--op",
-        "new",
-        "--mode",
-        "logicalunit",
-        "--tid",
-        &tid,
-        "--lun",
-        "1",
-        "-b",
-        &path,
-    ];
-    args.extend_from_slice(extra);
-    d.adm_ok(&args);
-    d.adm_ok(&[
-        "--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", &tid, "-I", "ALL",
-    ]);
-}
-
 /// A second target on a healthy file, for [`assert_still_serving`].
 fn healthy_target(d: &Tgtd) {
     d.new_target_with_lun(2, HEALTHY_IQN, 16 * MIB);
@@ -212,7 +185,7 @@ fn write_to_a_full_file_system(lu_args: &[&str], thin: bool, expected_sense: &st
     sparse_file(&backing, LUN_SIZE);
 
     let mut d = Tgtd::start(TgtdOpts::default());
-    lun_on(&d, 1, IQN, &backing, lu_args);
+    d.new_target_with_lun_on(1, IQN, &backing, lu_args);
     if thin {
         d.lu_params(1, 1, "thin_provisioning=1");
     }
@@ -319,7 +292,7 @@ fn io_on_a_shut_down_file_system(lu_args: &[&str]) {
     sparse_file(&backing, 8 * MIB);
 
     let mut d = Tgtd::start(TgtdOpts::default());
-    lun_on(&d, 1, IQN, &backing, lu_args);
+    d.new_target_with_lun_on(1, IQN, &backing, lu_args);
     healthy_target(&d);
 
     let out = client(&d, IQN, "write 0 a5 16 -- sync -- read 0 16");
@@ -393,7 +366,7 @@ fn io_on_a_failing_block_device(lu_args: &[&str]) {
     let lo = LoopDevice::attach(&disk);
 
     let mut d = Tgtd::start(TgtdOpts::default());
-    lun_on(&d, 1, IQN, Path::new(&lo.dev), lu_args);
+    d.new_target_with_lun_on(1, IQN, Path::new(&lo.dev), lu_args);
     healthy_target(&d);
 
     let out = client(&d, IQN, "write 0 a5 8 fua");

@@ -65,9 +65,15 @@ struct Args {
 /// A coalescing wait beyond this would be felt as a stall, not a batch.
 const MAX_RX_COALESCE_US: u64 = 10_000;
 
-fn iscsi_options(args: &Args) -> Result<(Vec<SocketAddr>, TargetConfig)> {
+/// `open_files`, the open file limit, caps the default `max_pending_logins`
+/// at half of it: stalled connections must not leave no descriptors for
+/// sessions and backing files.
+fn iscsi_options(args: &Args, open_files: u64) -> Result<(Vec<SocketAddr>, TargetConfig)> {
     let mut portals = Vec::new();
     let mut cfg = TargetConfig::default();
+    cfg.max_pending_logins = cfg
+        .max_pending_logins
+        .min(u32::try_from(open_files / 2).unwrap_or(u32::MAX).max(16));
     for opts in &args.iscsi {
         for opt in opts.split(',').filter(|o| !o.is_empty()) {
             let (k, v) = opt
@@ -195,15 +201,7 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    let (portals, mut iscsi) = iscsi_options(&args)?;
-    let files = raise_open_file_limit();
-    if !args.iscsi.iter().any(|o| o.contains("max_pending_logins=")) {
-        // Half the descriptors at most for connections still logging in:
-        // stalled ones must not leave none for sessions and backing files.
-        iscsi.max_pending_logins = iscsi
-            .max_pending_logins
-            .min(u32::try_from(files / 2).unwrap_or(u32::MAX).max(16));
-    }
+    let (portals, iscsi) = iscsi_options(&args, raise_open_file_limit())?;
     let reactors = args.reactors.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())

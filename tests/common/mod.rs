@@ -640,9 +640,14 @@ impl Tgtd {
 
     /// `tgtadm --op new --mode logicalunit` on the file `path`.
     pub fn new_lun(&self, tid: u32, lun: u32, path: &Path) {
+        self.new_lun_args(tid, lun, path, &[]);
+    }
+
+    /// Same, with extra logical-unit arguments (e.g. `["-E", "rdwr"]`).
+    pub fn new_lun_args(&self, tid: u32, lun: u32, path: &Path, extra: &[&str]) {
         let (tid, lun) = (tid.to_string(), lun.to_string());
         let path = path.to_string_lossy();
-        self.adm_ok(&[
+        let mut args = vec![
             "--lld",
             "iscsi",
             "--op",
@@ -655,7 +660,9 @@ impl Tgtd {
             &lun,
             "-b",
             &path,
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        self.adm_ok(&args);
     }
 
     /// `tgtadm --op update --mode logicalunit --params PARAMS`.
@@ -700,31 +707,17 @@ impl Tgtd {
         extra: &[&str],
     ) -> PathBuf {
         let path = self.sparse_file(size);
-        let tid_s = tid.to_string();
-        let path_s = path.to_string_lossy().into_owned();
-        self.adm_ok(&[
-            "--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", &tid_s, "-T", iqn,
-        ]);
-        let mut lun = vec![
-            "--lld",
-            "iscsi",
-            "--op",
-            "new",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            &tid_s,
-            "--lun",
-            "1",
-            "-b",
-            &path_s,
-        ];
-        lun.extend_from_slice(extra);
-        self.adm_ok(&lun);
-        self.adm_ok(&[
-            "--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", &tid_s, "-I", "ALL",
-        ]);
+        self.new_target_with_lun_on(tid, iqn, &path, extra);
         path
+    }
+
+    /// Creates target `tid` named `iqn` with LUN 1 on `path` (a file or a
+    /// block device; `extra` goes to the logical unit) and binds it to all
+    /// initiators.
+    pub fn new_target_with_lun_on(&self, tid: u32, iqn: &str, path: &Path, extra: &[&str]) {
+        self.new_target(tid, iqn);
+        self.new_lun_args(tid, 1, path, extra);
+        self.bind_all(tid);
     }
 }
 

@@ -5,6 +5,7 @@
 //! A target, or discovery, with an incoming account bound requires CHAP
 //! (RFC 7143 §12.1.3); one without logs in with AuthMethod=None.
 
+use rtgt_iscsi::{ChapAccount, ChapPolicy};
 use rtgt_mgmt::TgtadmError;
 
 /// One account. The password never leaves this module except as the CHAP
@@ -52,26 +53,6 @@ impl Bindings {
         if self.outgoing.as_deref() == Some(user) {
             self.outgoing = None;
         }
-    }
-}
-
-/// What a login must prove, resolved to secrets: `None` when no incoming
-/// account is bound (no authentication).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secrets {
-    pub incoming: Vec<(String, String)>,
-    pub outgoing: Option<(String, String)>,
-}
-
-impl std::fmt::Debug for Secrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Secrets")
-            .field(
-                "incoming",
-                &self.incoming.iter().map(|(u, _)| u).collect::<Vec<_>>(),
-            )
-            .field("outgoing", &self.outgoing.as_ref().map(|(u, _)| u))
-            .finish()
     }
 }
 
@@ -166,16 +147,20 @@ impl Accounts {
         self.list.iter().map(|a| a.user.clone()).collect()
     }
 
-    /// The secrets a login to something bound as `b` must use.
-    pub fn secrets(&self, b: &Bindings) -> Option<Secrets> {
-        let pair = |u: &String| self.get(u).map(|a| (a.user.clone(), a.password.clone()));
-        let incoming: Vec<_> = b.incoming.iter().filter_map(pair).collect();
+    /// What a login to something bound as `b` must prove: `None` when no
+    /// incoming account is bound (no authentication).
+    pub fn policy(&self, b: &Bindings) -> Option<ChapPolicy> {
+        let account = |u: &String| {
+            self.get(u)
+                .map(|a| ChapAccount::new(a.user.as_str(), a.password.as_str()))
+        };
+        let incoming: Vec<_> = b.incoming.iter().filter_map(account).collect();
         if incoming.is_empty() {
             return None;
         }
-        Some(Secrets {
+        Some(ChapPolicy {
             incoming,
-            outgoing: b.outgoing.as_ref().and_then(pair),
+            outgoing: b.outgoing.as_ref().and_then(account),
         })
     }
 }
@@ -206,11 +191,13 @@ mod tests {
         a.bind(&mut t, "u2", false).unwrap();
         assert_eq!(t.show_lines(), ["u1", "u2", "out (outgoing)"]);
 
-        let s = a.secrets(&t).unwrap();
+        let s = a.policy(&t).unwrap();
         assert_eq!(s.incoming.len(), 2);
-        assert_eq!(s.outgoing.as_ref().map(|(u, _)| u.as_str()), Some("out"));
+        assert_eq!(s.outgoing.as_ref().map(|a| a.user.as_str()), Some("out"));
         let shown = format!("{s:?} {:?}", a);
-        assert!(!shown.contains("secret"), "no password in {shown}");
+        for password in ["secret-one-12", "secret-out-12", "secret-two-12"] {
+            assert!(!shown.contains(password), "no password in {shown}");
+        }
 
         assert_eq!(
             Accounts::unbind(&mut t, "u2", true),
@@ -231,7 +218,7 @@ mod tests {
         assert_eq!(a.delete("u1", std::iter::empty()), Err(TgtadmError::NoUser));
 
         assert_eq!(
-            a.secrets(&Bindings::default()),
+            a.policy(&Bindings::default()),
             None,
             "nothing bound: no CHAP"
         );
@@ -240,7 +227,7 @@ mod tests {
             outgoing: Some("out".into()),
         };
         assert_eq!(
-            a.secrets(&only_out),
+            a.policy(&only_out),
             None,
             "an outgoing account alone asks nothing"
         );

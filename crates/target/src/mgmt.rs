@@ -731,21 +731,20 @@ impl MgmtServer {
             let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
             let refusal = peer_refusal(&stream);
             match rtgt_mgmt::read_request(&mut stream) {
-                Ok(_) if refusal.is_some() => {
-                    // tgt's protocol carries no text with an error: the
-                    // reason goes to the log, the peer gets the bare code.
-                    warn!(
-                        "management request refused: {}",
-                        refusal.unwrap_or_default()
-                    );
-                    let rsp = Response {
-                        err: TgtadmError::UnknownErr,
-                        body: String::new(),
-                    };
-                    let _ = rtgt_mgmt::write_response(&mut stream, &rsp);
-                }
                 Ok(req) => {
-                    let rsp = handle(&ctx, &req);
+                    let rsp = match refusal {
+                        None => handle(&ctx, &req),
+                        Some(why) => {
+                            // tgt's protocol carries no text with an error:
+                            // the reason goes to the log, the peer gets the
+                            // bare code.
+                            warn!("management request refused: {why}");
+                            Response {
+                                err: TgtadmError::UnknownErr,
+                                body: String::new(),
+                            }
+                        }
+                    };
                     if let Err(e) = rtgt_mgmt::write_response(&mut stream, &rsp) {
                         debug!("management response: {e}");
                     }

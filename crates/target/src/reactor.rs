@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -30,9 +30,8 @@ use rtgt_backing::{
     FileRef, IoCompletion, IoOp, IoRequest,
 };
 use rtgt_iscsi::{
-    ChapAccount, ChapPolicy, CommandResponse, Connection, Event, LoginAccept, LoginInfo,
-    LoginStatus, Residual, ScsiCommand, SendTargetsScope, SessionType, TargetConfig,
-    TaskManagement, Transmit,
+    CommandResponse, Connection, Event, LoginAccept, LoginInfo, LoginStatus, Residual, ScsiCommand,
+    SendTargetsScope, SessionType, TargetConfig, TaskManagement, Transmit,
 };
 use rtgt_scsi::{
     lun_from_wire, pr::NexusIdentity, spc::RELATIVE_TARGET_PORT, Asc, Command, IoGuard, IoKind,
@@ -1453,17 +1452,6 @@ struct PendingLogin {
     authenticated: bool,
 }
 
-fn chap_policy(reg: &RegistryInner, bindings: &crate::accounts::Bindings) -> Option<ChapPolicy> {
-    reg.accounts.secrets(bindings).map(|s| ChapPolicy {
-        incoming: s
-            .incoming
-            .into_iter()
-            .map(|(u, p)| ChapAccount::new(u, p))
-            .collect(),
-        outgoing: s.outgoing.map(|(u, p)| ChapAccount::new(u, p)),
-    })
-}
-
 /// The target's answer to a login's names (Event::Login): whether this
 /// initiator may log in here and what it must prove.
 fn decide_login(
@@ -1481,7 +1469,7 @@ fn decide_login(
         return Err(LoginStatus::AUTHENTICATION_FAILURE);
     }
     let (tid, chap) = if info.session_type == SessionType::Discovery {
-        (None, chap_policy(reg, &reg.accounts.discovery))
+        (None, reg.accounts.policy(&reg.accounts.discovery))
     } else {
         let name = info
             .target_name
@@ -1508,7 +1496,7 @@ fn decide_login(
                 },
             );
         }
-        (Some(tid), chap_policy(reg, &target.accounts))
+        (Some(tid), reg.accounts.policy(&target.accounts))
     };
     let tsih = reg.alloc_tsih();
     let authenticated = chap.is_some();
@@ -1534,7 +1522,7 @@ fn register_session(
     login: &PendingLogin,
     peer: SocketAddr,
     handle: ConnHandle,
-    fd: i32,
+    fd: RawFd,
     shared: &Shared,
 ) -> Result<SessionCtx, LoginStatus> {
     let info = &login.info;
