@@ -11,6 +11,7 @@ use tracing::{error, info};
 
 use rtgt_iscsi::TargetConfig;
 use rtgt_mgmt::{Mode, Op, Request, TgtadmError, NO_LUN};
+use rtgt_target::limits::{Caps, LoginTimeout};
 use rtgt_target::portal::parse_portal;
 use rtgt_target::shutdown::Shutdown;
 use rtgt_target::{Config, Daemon};
@@ -46,7 +47,9 @@ struct Args {
     /// command waits to be read with the next ones while its initiator is
     /// behind on our answers; 0 reads every command at once; default 200),
     /// max_pending_logins=N (connections still logging in, at most: past it
-    /// the oldest is closed; default 4,096 or half the open file limit).
+    /// the oldest is closed; default 4,096 or half the open file limit),
+    /// login_timeout=SECONDS (default 15), max_sessions=N and
+    /// max_connections=N (over every target; default 0, no cap).
     #[arg(long = "iscsi", value_name = "OPTIONS")]
     iscsi: Vec<String>,
     /// Reactor threads (default: online CPUs).
@@ -68,9 +71,10 @@ const MAX_RX_COALESCE_US: u64 = 10_000;
 /// `open_files`, the open file limit, caps the default `max_pending_logins`
 /// at half of it: stalled connections must not leave no descriptors for
 /// sessions and backing files.
-fn iscsi_options(args: &Args, open_files: u64) -> Result<(Vec<SocketAddr>, TargetConfig)> {
+fn iscsi_options(args: &Args, open_files: u64) -> Result<(Vec<SocketAddr>, TargetConfig, Caps)> {
     let mut portals = Vec::new();
     let mut cfg = TargetConfig::default();
+    let mut caps = Caps::default();
     cfg.max_pending_logins = cfg
         .max_pending_logins
         .min(u32::try_from(open_files / 2).unwrap_or(u32::MAX).max(16));
@@ -86,6 +90,20 @@ fn iscsi_options(args: &Args, open_files: u64) -> Result<(Vec<SocketAddr>, Targe
                     cfg.nop_interval = (s > 0).then(|| Duration::from_secs(s));
                 }
                 "nop_count" => cfg.nop_count = v.parse().context("--iscsi nop_count")?,
+                "login_timeout" => {
+                    let s: u64 = v.parse().context("--iscsi login_timeout")?;
+                    if !(1..=LoginTimeout::MAX_SECS).contains(&s) {
+                        bail!(
+                            "--iscsi login_timeout: {s} s is not within 1..={}",
+                            LoginTimeout::MAX_SECS
+                        );
+                    }
+                    cfg.login_timeout = Duration::from_secs(s);
+                }
+                "max_sessions" => caps.max_sessions = v.parse().context("--iscsi max_sessions")?,
+                "max_connections" => {
+                    caps.max_connections = v.parse().context("--iscsi max_connections")?
+                }
                 "max_pending_logins" => {
                     cfg.max_pending_logins = v.parse().context("--iscsi max_pending_logins")?;
                     if cfg.max_pending_logins == 0 {
@@ -110,7 +128,7 @@ fn iscsi_options(args: &Args, open_files: u64) -> Result<(Vec<SocketAddr>, Targe
             vec!["0.0.0.0:3260".parse()?, "[::]:3260".parse()?]
         };
     }
-    Ok((portals, cfg))
+    Ok((portals, cfg, caps))
 }
 
 fn request(mode: Mode, op: Op, tid: i32, lun: u64, body: String) -> Request {
@@ -201,7 +219,7 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    let (portals, iscsi) = iscsi_options(&args, raise_open_file_limit())?;
+    let (portals, iscsi, caps) = iscsi_options(&args, raise_open_file_limit())?;
     let reactors = args.reactors.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -213,6 +231,7 @@ fn main() -> Result<()> {
         reactors,
         io_threads: args.nr_iothreads.max(1),
         iscsi,
+        caps,
     };
     let daemon = Daemon::bind(config).context("tgtd can't start")?;
 

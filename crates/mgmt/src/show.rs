@@ -203,6 +203,9 @@ pub struct SystemView {
     pub bstypes: Vec<String>,
     /// Device type names: "disk", "cd/dvd", "controller", ...
     pub device_types: Vec<String>,
+    /// rtgt's daemon-wide limits and their use, as `key=value` lines of a
+    /// last `Limits:` block (tgt has none; empty prints nothing).
+    pub limits: Vec<(String, String)>,
 }
 
 /// `--op show --mode system`, tgt's layout: System, LLDs, Backing stores,
@@ -228,6 +231,12 @@ pub fn format_system(sys: &SystemView) -> String {
     }
     if sys.drivers.iter().any(|(n, _)| n == "iscsi") {
         s.push_str(&format_isns(false, "", 3205, false));
+    }
+    if !sys.limits.is_empty() {
+        let _ = writeln!(s, "Limits:");
+        for (k, v) in &sys.limits {
+            let _ = writeln!(s, "{TAB1}{k}={v}");
+        }
     }
     s
 }
@@ -440,12 +449,19 @@ mod tests {
             drivers: vec![("iscsi".into(), "ready".into())],
             bstypes: vec!["null".into(), "rdwr (bsoflags sync:direct)".into()],
             device_types: vec!["disk".into()],
+            limits: vec![],
+        };
+        let tgt = "System:\n    State: ready\n    debug: off\nLLDs:\n    iscsi: ready\n\
+             Backing stores:\n    null\n    rdwr (bsoflags sync:direct)\nDevice types:\n    disk\n\
+             iSNS:\n    iSNS=Off\n    iSNSServerIP=\n    iSNSServerPort=3205\n    iSNSAccessControl=Off\n";
+        assert_eq!(format_system(&sys), tgt);
+        let with_limits = SystemView {
+            limits: vec![("login_timeout".into(), "15".into())],
+            ..sys
         };
         assert_eq!(
-            format_system(&sys),
-            "System:\n    State: ready\n    debug: off\nLLDs:\n    iscsi: ready\n\
-             Backing stores:\n    null\n    rdwr (bsoflags sync:direct)\nDevice types:\n    disk\n\
-             iSNS:\n    iSNS=Off\n    iSNSServerIP=\n    iSNSServerPort=3205\n    iSNSAccessControl=Off\n"
+            format_system(&with_limits),
+            format!("{tgt}Limits:\n    login_timeout=15\n")
         );
     }
 

@@ -383,6 +383,7 @@ fn our_tgtadm_drives_debian_tgtd() {
         drivers,
         bstypes: section("Backing stores"),
         device_types: section("Device types"),
+        limits: vec![],
     };
     assert_eq!(show::format_system(&view), sys);
 

@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod acl;
+pub mod limits;
 pub mod mgmt;
 pub mod portal;
 pub mod pr_state;
@@ -25,6 +26,7 @@ use tracing::info;
 use rtgt_iscsi::TargetConfig;
 use rtgt_mgmt::{Request, Response};
 
+use crate::limits::{Caps, LoginTimeout};
 use crate::mgmt::{MgmtCtx, MgmtServer};
 use crate::portal::{AcceptorHandle, AcceptorMsg, PortalError};
 use crate::reactor::{Reactor, ReactorMsg, Shared};
@@ -44,6 +46,8 @@ pub struct Config {
     pub io_threads: usize,
     /// What iSCSI login offers and enforces.
     pub iscsi: TargetConfig,
+    /// Caps on sessions and connections over every target.
+    pub caps: Caps,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +82,8 @@ impl Daemon {
         let mut listeners = Vec::new();
         {
             let mut reg = registry.lock();
+            reg.limits.set_max_sessions(config.caps.max_sessions);
+            reg.limits.set_max_connections(config.caps.max_connections);
             for &addr in &config.portals {
                 let l = portal::bind(addr)?;
                 let bound = l.local_addr().unwrap_or(addr);
@@ -116,6 +122,7 @@ impl Daemon {
             registry: self.registry.clone(),
             reactors: Arc::new(OnceLock::new()),
             iscsi: self.config.iscsi.clone(),
+            login_timeout: Arc::new(LoginTimeout::new(self.config.iscsi.login_timeout)),
         };
         let mut handles = Vec::new();
         let mut threads = Vec::new();

@@ -18,6 +18,7 @@ use rtgt_scsi::{Asc, DeviceType, LogicalUnit, LuConfig};
 
 use crate::accounts::Accounts;
 use crate::acl::AclEntry;
+use crate::limits::{LoginTimeout, Scope};
 use crate::portal::{self, AcceptorHandle, AcceptorMsg};
 use crate::reactor::{end_session, Shared};
 use crate::registry::{LunBacking, LunEntry, Portal, Registry, TargetEntry};
@@ -73,7 +74,7 @@ fn dispatch(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
         return Err(TgtadmError::NoDriver);
     }
     match (req.mode, req.op) {
-        (Mode::System, Op::Show) => Ok(system_show()),
+        (Mode::System, Op::Show) => Ok(system_show(ctx)),
         (Mode::System, Op::Delete) => {
             // tgt stops only once every target is gone (tgt 1.0.85 answers
             // "invalid request" otherwise), so a stray command cannot take
@@ -85,7 +86,7 @@ fn dispatch(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
             ctx.shutdown.trigger();
             ok()
         }
-        (Mode::System, Op::Update) => ok(),
+        (Mode::System, Op::Update) => system_update(ctx, req),
         (Mode::Lld, Op::Start | Op::Stop | Op::Show) => ok(),
         (Mode::Target, Op::New) => target_new(ctx, req),
         (Mode::Target, Op::Delete) => target_delete(ctx, req),
@@ -171,14 +172,87 @@ fn account_bind(ctx: &MgmtCtx, req: &Request, bind: bool) -> MgmtResult {
     ok()
 }
 
-fn system_show() -> String {
+fn system_show(ctx: &MgmtCtx) -> String {
+    let reg = ctx.registry().lock();
+    let mut limits = vec![(
+        "login_timeout".to_string(),
+        ctx.shared.login_timeout.get().as_secs().to_string(),
+    )];
+    limits.extend(scope_params(&reg.limits));
     rtgt_mgmt::show::format_system(&SystemView {
         version: env!("CARGO_PKG_VERSION").to_string(),
         state: "ready".to_string(),
         drivers: vec![("iscsi".to_string(), "ready".to_string())],
         bstypes: StoreKind::ALL.iter().map(|k| k.to_string()).collect(),
         device_types: vec!["disk".to_string()],
+        limits,
     })
+}
+
+/// A scope's caps and use, as `show` prints them.
+fn scope_params(scope: &Scope) -> Vec<(String, String)> {
+    [
+        ("max_sessions", scope.max_sessions()),
+        ("max_connections", scope.max_connections()),
+        ("sessions", scope.sessions()),
+        ("connections", scope.connections()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// A cap as tgtadm gives it: a count, 0 for none.
+fn cap_value(v: &str) -> Result<u32, TgtadmError> {
+    v.trim().parse().map_err(|_| TgtadmError::InvalidRequest)
+}
+
+/// Set a cap of `scope` if `name` is one; false if it is not.
+fn update_cap(scope: &Scope, name: &str, value: &str) -> Result<bool, TgtadmError> {
+    match name {
+        "max_sessions" => scope.set_max_sessions(cap_value(value)?),
+        "max_connections" => scope.set_max_connections(cap_value(value)?),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// `--op update --mode sys --name N --value V`: tgt's `debug`, and rtgt's
+/// daemon-wide limits. Every pair is checked before any is applied.
+fn system_update(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
+    let params = req.params();
+    if params.is_empty() {
+        return Err(TgtadmError::InvalidRequest);
+    }
+    for (k, v) in &params {
+        let valid = match k.as_str() {
+            "debug" => v == "on" || v == "off",
+            "login_timeout" => v
+                .parse::<u64>()
+                .is_ok_and(|s| (1..=LoginTimeout::MAX_SECS).contains(&s)),
+            "max_sessions" | "max_connections" => cap_value(v).is_ok(),
+            _ => false,
+        };
+        if !valid {
+            return Err(TgtadmError::InvalidRequest);
+        }
+    }
+    let reg = ctx.registry().lock();
+    for (k, v) in &params {
+        match k.as_str() {
+            "login_timeout" => {
+                let secs = v.parse().map_err(|_| TgtadmError::InvalidRequest)?;
+                ctx.shared.login_timeout.set(Duration::from_secs(secs));
+            }
+            // rtgt's log level is tgtd's -d (or RUST_LOG) at start.
+            "debug" => {}
+            _ => {
+                update_cap(&reg.limits, k, v)?;
+            }
+        }
+        info!("system: {k} set to {v}");
+    }
+    ok()
 }
 
 fn target_new(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
@@ -213,6 +287,7 @@ fn target_new(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
         luns: Default::default(),
         acl: Vec::new(),
         accounts: Default::default(),
+        limits: Default::default(),
         shared: Registry::new_target_shared(req.tid),
     };
     t.luns.insert(
@@ -282,23 +357,32 @@ fn target_bind(ctx: &MgmtCtx, req: &Request, bind: bool) -> MgmtResult {
 
 fn target_update(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
     let reg = ctx.registry().lock();
-    if !reg.targets.contains_key(&req.tid) {
-        return Err(TgtadmError::NoTarget);
-    }
+    let target = reg.targets.get(&req.tid).ok_or(TgtadmError::NoTarget)?;
     // tgt's target parameters (state, iSCSI keys) arrive as name=value; the
-    // values rtgt negotiates are daemon-wide for now, so accept known names.
-    for (k, _) in req.params() {
+    // values rtgt negotiates are daemon-wide for now, so accept known names:
+    // the state, and the target's caps. Every pair is checked first.
+    let params = req.params();
+    for (k, v) in &params {
         match k.as_str() {
             "state" | "State" => {}
+            "max_sessions" | "max_connections" => {
+                cap_value(v)?;
+            }
             _ => return Err(TgtadmError::UnknownParam),
+        }
+    }
+    for (k, v) in &params {
+        if update_cap(&target.limits, k, v)? {
+            info!("target {}: {k} set to {v}", req.tid);
         }
     }
     ok()
 }
 
 /// `--op show --mode target --tid N`: like tgt, the target's iSCSI
-/// parameters as key=value lines (the values login offers).
-fn target_params(ctx: &MgmtCtx) -> String {
+/// parameters as key=value lines (the values login offers), then its caps
+/// and their use.
+fn target_params(ctx: &MgmtCtx, target: &TargetEntry) -> String {
     let c = &ctx.shared.iscsi;
     let yes_no = |b: bool| if b { "Yes" } else { "No" }.to_string();
     let digest = |b: bool| if b { "CRC32C,None" } else { "None" }.to_string();
@@ -324,6 +408,7 @@ fn target_params(ctx: &MgmtCtx) -> String {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    .chain(scope_params(&target.limits))
     .collect();
     rtgt_mgmt::show::format_params(&params)
 }
@@ -331,8 +416,8 @@ fn target_params(ctx: &MgmtCtx) -> String {
 fn target_show(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
     let reg = ctx.registry().lock();
     if req.tid > 0 {
-        reg.targets.get(&req.tid).ok_or(TgtadmError::NoTarget)?;
-        return Ok(target_params(ctx));
+        let target = reg.targets.get(&req.tid).ok_or(TgtadmError::NoTarget)?;
+        return Ok(target_params(ctx, target));
     }
     let views: Vec<TargetView> = reg
         .targets
@@ -780,6 +865,7 @@ mod tests {
                 registry: Registry::new(),
                 reactors: Arc::new(std::sync::OnceLock::new()),
                 iscsi: TargetConfig::default(),
+                login_timeout: Default::default(),
             },
             acceptor: None,
             shutdown: Arc::new(Shutdown::default()),

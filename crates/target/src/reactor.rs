@@ -38,6 +38,7 @@ use rtgt_scsi::{
     IoPlan, NexusId, Outcome, PlanBuffer, PlanExtra, Response, SenseKey,
 };
 
+use crate::limits::{Admission, LoginTimeout};
 use crate::registry::{
     ConnHandle, ConnectionEntry, LunSnapshot, Registry, RegistryInner, SessionEntry, TargetShared,
 };
@@ -116,6 +117,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     pub reactors: Arc<std::sync::OnceLock<Vec<ReactorHandle>>>,
     pub iscsi: TargetConfig,
+    /// `iscsi.login_timeout` as tgtadm last set it.
+    pub login_timeout: Arc<LoginTimeout>,
 }
 
 impl Shared {
@@ -168,6 +171,9 @@ struct Conn {
     session: Option<SessionCtx>,
     /// Admitted, not yet logged in (see [`PendingLogin`]).
     pending_login: Option<PendingLogin>,
+    /// The session's place under the caps, once logged in; given back when
+    /// the connection goes.
+    admission: Option<Admission>,
     /// Not yet in full feature phase (counted in `Reactor::logging_in`).
     logging_in: bool,
     /// Fatal: close without flushing.
@@ -427,7 +433,11 @@ impl Reactor {
             warn!("can't register connection from {peer}: {e}");
             return;
         }
-        let proto = Connection::new(self.shared.iscsi.clone(), Instant::now());
+        let config = TargetConfig {
+            login_timeout: self.shared.login_timeout.get(),
+            ..self.shared.iscsi.clone()
+        };
+        let proto = Connection::new(config, Instant::now());
         let generation = self.next_generation;
         self.next_generation += 1;
         entry.insert(Conn {
@@ -441,6 +451,7 @@ impl Reactor {
             rend: 0,
             session: None,
             pending_login: None,
+            admission: None,
             logging_in: true,
             dead: false,
             closing: false,
@@ -823,6 +834,7 @@ impl Reactor {
             &self.shared,
         );
         let conn = &mut self.conns[idx];
+        conn.admission = Some(pending.admission);
         match result {
             Ok(session) => conn.session = Some(session),
             Err(_) => {
@@ -1442,7 +1454,7 @@ pub fn end_session(reg: &mut RegistryInner, sid: u64) -> Option<SessionEntry> {
 /// A login the target admitted, registered as a session only once it
 /// completes: an initiator that fails authentication must not reinstate
 /// (end) a session it could not prove is its own (RFC 7143 §6.3.5).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct PendingLogin {
     info: LoginInfo,
     /// None for a discovery session.
@@ -1450,6 +1462,9 @@ struct PendingLogin {
     tsih: u16,
     /// CHAP was required (a success clears the address's failures).
     authenticated: bool,
+    /// Its place under the daemon's and the target's caps, taken now so that
+    /// a refusal can still be a Login Response (see `limits`).
+    admission: Admission,
 }
 
 /// The target's answer to a login's names (Event::Login): whether this
@@ -1498,6 +1513,7 @@ fn decide_login(
         }
         (Some(tid), reg.accounts.policy(&target.accounts))
     };
+    let admission = admit(reg, info, tid)?;
     let tsih = reg.alloc_tsih();
     let authenticated = chap.is_some();
     Ok((
@@ -1512,8 +1528,33 @@ fn decide_login(
             tid,
             tsih,
             authenticated,
+            admission,
         },
     ))
+}
+
+/// A place for the login under the daemon's caps and its target's (see
+/// `limits`); a discovery session counts in the daemon's only.
+fn admit(
+    reg: &RegistryInner,
+    info: &LoginInfo,
+    tid: Option<i32>,
+) -> Result<Admission, LoginStatus> {
+    let daemon = ("the daemon".to_string(), &reg.limits);
+    let (scopes, replacing) = match tid.and_then(|tid| reg.targets.get(&tid)) {
+        Some(t) => (
+            vec![daemon, (format!("target {}", t.tid), &t.limits)],
+            // RFC 7143 §6.3.5: same initiator port (name and ISID), TSIH 0.
+            reg.sessions_of(t.tid)
+                .any(|s| s.initiator == info.initiator_name && s.isid == info.isid),
+        ),
+        None => (vec![daemon], false),
+    };
+    let named: Vec<(&str, _)> = scopes.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+    Admission::admit(&named, replacing).map_err(|refused| {
+        info!("no room for {}: {refused}", info.initiator_name);
+        refused.full.status()
+    })
 }
 
 /// The login completed (full feature phase): the session exists from now on.
@@ -1716,6 +1757,7 @@ mod tests {
                 luns: Default::default(),
                 acl,
                 accounts: Default::default(),
+                limits: Default::default(),
                 shared: Registry::new_target_shared(1),
             },
         );
@@ -1723,6 +1765,7 @@ mod tests {
             registry,
             reactors: Arc::new(std::sync::OnceLock::new()),
             iscsi: TargetConfig::default(),
+            login_timeout: Default::default(),
         }
     }
 
@@ -1842,6 +1885,39 @@ mod tests {
             err(log_in(&mut reg, &login(isid, 0, Some(IQN)), 1, &shared)),
             LoginStatus::AUTHENTICATION_FAILURE
         );
+    }
+
+    #[test]
+    fn full_caps_refuse_with_the_status_rfc7143_names() {
+        let shared = shared_with_target(vec![AclEntry::All]);
+        let mut reg = shared.registry.lock();
+        let now = Instant::now();
+        let isid = |n| [0x80, 0, 0, 0, 0, n];
+        let decide = |reg: &mut RegistryInner, info: &LoginInfo| {
+            decide_login(reg, info, peer(), now).map(|(_, pending)| pending)
+        };
+        reg.targets[&1].limits.set_max_sessions(1);
+        // A login holds its place from admission, before it completes.
+        let held = decide(&mut reg, &login(isid(1), 0, Some(IQN))).unwrap();
+        assert_eq!(
+            decide(&mut reg, &login(isid(2), 0, Some(IQN))).unwrap_err(),
+            LoginStatus::OUT_OF_RESOURCES
+        );
+        // Discovery counts in the daemon's scope only.
+        let discovery = decide(&mut reg, &login(isid(3), 0, None)).unwrap();
+        assert_eq!(
+            (reg.limits.sessions(), reg.targets[&1].limits.sessions()),
+            (2, 1)
+        );
+        reg.limits.set_max_connections(2);
+        assert_eq!(
+            decide(&mut reg, &login(isid(4), 0, None)).unwrap_err(),
+            LoginStatus::TOO_MANY_CONNECTIONS
+        );
+        // A login that goes (here: refused later, e.g. by CHAP) gives both back.
+        drop((held, discovery));
+        assert_eq!(reg.limits.connections(), 0);
+        assert!(decide(&mut reg, &login(isid(2), 0, Some(IQN))).is_ok());
     }
 
     #[test]

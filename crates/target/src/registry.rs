@@ -17,6 +17,7 @@ use rtgt_scsi::{LogicalUnit, LunTable, NexusId};
 
 use crate::accounts::{Accounts, Bindings};
 use crate::acl::AclEntry;
+use crate::limits::Scope;
 use crate::throttle::AuthThrottle;
 
 /// A logical unit with the store behind it, as the data path needs it.
@@ -82,6 +83,8 @@ pub struct TargetEntry {
     pub acl: Vec<AclEntry>,
     /// CHAP accounts bound to this target (`tgtadm --mode account --op bind`).
     pub accounts: Bindings,
+    /// Its caps on sessions and connections, and their use.
+    pub limits: Arc<Scope>,
     pub shared: Arc<TargetShared>,
 }
 
@@ -158,6 +161,9 @@ pub struct RegistryInner {
     pub accounts: Accounts,
     /// Failed CHAP logins per address (slows down guessing).
     pub auth_throttle: AuthThrottle,
+    /// The daemon's caps on sessions and connections (every target's and
+    /// discovery's), and their use.
+    pub limits: Arc<Scope>,
     next_sid: u64,
     next_tsih: u16,
 }
