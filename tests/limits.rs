@@ -7,7 +7,9 @@
 //! byte by byte over raw TCP (`common::raw`) and as libiscsi's `iscsi-inq`
 //! and `iscsi-ls` report them. Places come back whichever way a session
 //! goes, a reinstating login is never locked out by its own old session, and
-//! a changed login timeout applies to the next connections.
+//! a changed login timeout applies to the next connections. A target's
+//! NOP-In pings (tgt's nop_interval / nop_count) drop an initiator that
+//! stopped answering.
 
 mod common;
 
@@ -288,4 +290,52 @@ fn the_login_timeout_is_set_with_tgtadm_and_closes_a_silent_connection() {
     );
     // And an initiator that does log in is not hurried by it.
     let _s = session(&t, IQN, 1).expect("a login within the timeout");
+}
+
+#[test]
+fn a_target_pings_a_silent_initiator_and_drops_it() {
+    let t = start(&[]);
+    // The daemon's defaults first (30 s, 3), then the target's own.
+    assert_eq!(shown(&t, "target", "nop_interval"), 30);
+    assert_eq!(shown(&t, "target", "nop_count"), 3);
+    for (name, bad) in [
+        ("nop_count", "0"),
+        ("nop_interval", "3601"),
+        ("nop_interval", "x"),
+    ] {
+        let (code, err) = update(&t, "target", name, bad);
+        assert_ne!(code, Some(0), "{name}={bad} was taken");
+        assert!(err.contains("invalid request"), "{name}={bad}: {err}");
+    }
+    update_ok(&t, "target", "nop_interval", "1");
+    update_ok(&t, "target", "nop_count", "2");
+    assert_eq!(shown(&t, "target", "nop_interval"), 1);
+    assert_eq!(shown(&t, "target", "nop_count"), 2);
+
+    // A session that never answers: NOP-Ins asking for an answer (ITT
+    // 0xffffffff, a Target Transfer Tag: RFC 7143 §11.19), then the close.
+    let mut silent = session(&t, IQN, 1).expect("login");
+    wait_sessions(&t, "target", 1);
+    let mut pings = 0;
+    loop {
+        match raw::read_pdu(&mut silent) {
+            Ok(Some(p)) => {
+                assert_eq!(p.opcode(), 0x20, "only NOP-Ins were expected");
+                assert_eq!(p.itt(), 0xffff_ffff);
+                assert_ne!(p.field(20), 0xffff_ffff, "a ping wants an answer");
+                pings += 1;
+            }
+            Ok(None) => break,
+            Err(e) => panic!("after {pings} pings: {e}\n{}", t.log()),
+        }
+    }
+    assert_eq!(pings, 2, "dropped after nop_count unanswered pings");
+    wait_sessions(&t, "target", 0);
+    // Initiators that answer (libiscsi does) are not dropped.
+    let out = inq(&t, IQN);
+    assert!(
+        out.success(),
+        "{}",
+        out.describe("iscsi-inq after the drop")
+    );
 }

@@ -89,7 +89,12 @@ fn iscsi_options(args: &Args, open_files: u64) -> Result<(Vec<SocketAddr>, Targe
                     let s: u64 = v.parse().context("--iscsi nop_interval")?;
                     cfg.nop_interval = (s > 0).then(|| Duration::from_secs(s));
                 }
-                "nop_count" => cfg.nop_count = v.parse().context("--iscsi nop_count")?,
+                "nop_count" => {
+                    cfg.nop_count = v.parse().context("--iscsi nop_count")?;
+                    if cfg.nop_count == 0 {
+                        bail!("--iscsi nop_count: at least 1");
+                    }
+                }
                 "login_timeout" => {
                     let s: u64 = v.parse().context("--iscsi login_timeout")?;
                     if !(1..=LoginTimeout::MAX_SECS).contains(&s) {

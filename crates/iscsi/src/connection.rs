@@ -1519,6 +1519,15 @@ impl<B: DataBuf> Connection<B> {
         self.phase = Phase::Closing;
     }
 
+    /// The NOP-In pings of the target this connection logs in to (tgt's
+    /// per-target nop_interval / nop_count), in place of the defaults it was
+    /// created with: every `interval` of silence a ping (§11.19), and the
+    /// connection fails after `count` of them go unanswered.
+    pub fn set_nop(&mut self, interval: Option<Duration>, count: u32) {
+        self.config.nop_interval = interval;
+        self.config.nop_count = count;
+    }
+
     /// The target's acceptance of `Event::Login`.
     pub fn accept_login(&mut self, accept: LoginAccept) {
         if self.phase != Phase::Login {

@@ -195,6 +195,42 @@ impl Default for LoginTimeout {
     }
 }
 
+/// A target's NOP-In pings (tgt's per-target `nop_interval` / `nop_count`,
+/// `tgtadm --op update --mode target --name nop_interval --value S`): an
+/// initiator silent for `interval` is pinged (RFC 7143 §11.19), and dropped
+/// after `count` unanswered pings. New targets take the daemon's `--iscsi`
+/// values; a change applies to the target's next logins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nop {
+    /// `None`: no pings.
+    pub interval: Option<Duration>,
+    pub count: u32,
+}
+
+impl Nop {
+    /// Longest interval tgtadm takes, in seconds: past it a dead initiator
+    /// holds its session (and its reservations) for longer than anyone waits.
+    pub const MAX_INTERVAL_SECS: u64 = 3600;
+
+    pub fn from_config(c: &rtgt_iscsi::TargetConfig) -> Nop {
+        Nop {
+            interval: c.nop_interval,
+            count: c.nop_count,
+        }
+    }
+
+    /// `nop_interval` as tgtadm gives it: seconds, 0 for none.
+    pub fn parse_interval(v: &str) -> Option<Option<Duration>> {
+        let s: u64 = v.trim().parse().ok()?;
+        (s <= Self::MAX_INTERVAL_SECS).then(|| (s > 0).then(|| Duration::from_secs(s)))
+    }
+
+    /// `nop_count`: at least one ping goes unanswered before a drop.
+    pub fn parse_count(v: &str) -> Option<u32> {
+        v.trim().parse().ok().filter(|&n| n >= 1)
+    }
+}
+
 /// The daemon-wide caps a command line sets (`--iscsi
 /// max_sessions=N,max_connections=N`); 0 is no cap.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -269,6 +305,17 @@ mod tests {
         assert_eq!(s.sessions(), 1);
         drop(new);
         assert_eq!(s.sessions(), 0);
+    }
+
+    #[test]
+    fn nop_values_as_tgtadm_gives_them() {
+        assert_eq!(Nop::parse_interval("0"), Some(None));
+        assert_eq!(Nop::parse_interval("5"), Some(Some(Duration::from_secs(5))));
+        assert_eq!(Nop::parse_interval("3601"), None);
+        assert_eq!(Nop::parse_interval("-1"), None);
+        assert_eq!(Nop::parse_count("3"), Some(3));
+        assert_eq!(Nop::parse_count("0"), None);
+        assert_eq!(Nop::parse_count("x"), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use rtgt_scsi::{Asc, DeviceType, LogicalUnit, LuConfig};
 
 use crate::accounts::Accounts;
 use crate::acl::AclEntry;
-use crate::limits::{LoginTimeout, Scope};
+use crate::limits::{LoginTimeout, Nop, Scope};
 use crate::portal::{self, AcceptorHandle, AcceptorMsg};
 use crate::reactor::{end_session, Shared};
 use crate::registry::{LunBacking, LunEntry, Portal, Registry, TargetEntry};
@@ -288,6 +288,7 @@ fn target_new(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
         acl: Vec::new(),
         accounts: Default::default(),
         limits: Default::default(),
+        nop: Nop::from_config(&ctx.shared.iscsi),
         shared: Registry::new_target_shared(req.tid),
     };
     t.luns.insert(
@@ -356,25 +357,36 @@ fn target_bind(ctx: &MgmtCtx, req: &Request, bind: bool) -> MgmtResult {
 }
 
 fn target_update(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
-    let reg = ctx.registry().lock();
-    let target = reg.targets.get(&req.tid).ok_or(TgtadmError::NoTarget)?;
+    let mut reg = ctx.registry().lock();
+    let target = reg.targets.get_mut(&req.tid).ok_or(TgtadmError::NoTarget)?;
     // tgt's target parameters (state, iSCSI keys) arrive as name=value; the
     // values rtgt negotiates are daemon-wide for now, so accept known names:
-    // the state, and the target's caps. Every pair is checked first.
+    // the state, the target's caps and its pings. Every pair is checked
+    // before any is applied.
     let params = req.params();
     for (k, v) in &params {
-        match k.as_str() {
-            "state" | "State" => {}
-            "max_sessions" | "max_connections" => {
-                cap_value(v)?;
-            }
+        let valid = match k.as_str() {
+            "state" | "State" => true,
+            "max_sessions" | "max_connections" => cap_value(v).is_ok(),
+            "nop_interval" => Nop::parse_interval(v).is_some(),
+            "nop_count" => Nop::parse_count(v).is_some(),
             _ => return Err(TgtadmError::UnknownParam),
+        };
+        if !valid {
+            return Err(TgtadmError::InvalidRequest);
         }
     }
     for (k, v) in &params {
-        if update_cap(&target.limits, k, v)? {
-            info!("target {}: {k} set to {v}", req.tid);
+        match k.as_str() {
+            "nop_interval" => target.nop.interval = Nop::parse_interval(v).flatten(),
+            "nop_count" => target.nop.count = Nop::parse_count(v).unwrap_or(target.nop.count),
+            _ => {
+                if !update_cap(&target.limits, k, v)? {
+                    continue;
+                }
+            }
         }
+        info!("target {}: {k} set to {v}", req.tid);
     }
     ok()
 }
@@ -408,6 +420,13 @@ fn target_params(ctx: &MgmtCtx, target: &TargetEntry) -> String {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    .chain([
+        (
+            "nop_interval".to_string(),
+            target.nop.interval.map_or(0, |d| d.as_secs()).to_string(),
+        ),
+        ("nop_count".to_string(), target.nop.count.to_string()),
+    ])
     .chain(scope_params(&target.limits))
     .collect();
     rtgt_mgmt::show::format_params(&params)

@@ -38,7 +38,7 @@ use rtgt_scsi::{
     IoPlan, NexusId, Outcome, PlanBuffer, PlanExtra, Response, SenseKey,
 };
 
-use crate::limits::{Admission, LoginTimeout};
+use crate::limits::{Admission, LoginTimeout, Nop};
 use crate::registry::{
     ConnHandle, ConnectionEntry, LunSnapshot, Registry, RegistryInner, SessionEntry, TargetShared,
 };
@@ -773,6 +773,9 @@ impl Reactor {
                     info.target_name.as_deref().unwrap_or("discovery"),
                     if pending.authenticated { " (CHAP)" } else { "" }
                 );
+                if let Some(nop) = pending.nop {
+                    conn.proto.set_nop(nop.interval, nop.count);
+                }
                 conn.pending_login = Some(pending);
                 conn.proto.accept_login(accept);
             }
@@ -1465,6 +1468,8 @@ struct PendingLogin {
     /// Its place under the daemon's and the target's caps, taken now so that
     /// a refusal can still be a Login Response (see `limits`).
     admission: Admission,
+    /// The target's pings (None for discovery: the daemon's).
+    nop: Option<Nop>,
 }
 
 /// The target's answer to a login's names (Event::Login): whether this
@@ -1483,8 +1488,8 @@ fn decide_login(
         );
         return Err(LoginStatus::AUTHENTICATION_FAILURE);
     }
-    let (tid, chap) = if info.session_type == SessionType::Discovery {
-        (None, reg.accounts.policy(&reg.accounts.discovery))
+    let (tid, chap, nop) = if info.session_type == SessionType::Discovery {
+        (None, reg.accounts.policy(&reg.accounts.discovery), None)
     } else {
         let name = info
             .target_name
@@ -1511,7 +1516,11 @@ fn decide_login(
                 },
             );
         }
-        (Some(tid), reg.accounts.policy(&target.accounts))
+        (
+            Some(tid),
+            reg.accounts.policy(&target.accounts),
+            Some(target.nop),
+        )
     };
     let admission = admit(reg, info, tid)?;
     let tsih = reg.alloc_tsih();
@@ -1529,6 +1538,7 @@ fn decide_login(
             tsih,
             authenticated,
             admission,
+            nop,
         },
     ))
 }
@@ -1758,6 +1768,7 @@ mod tests {
                 acl,
                 accounts: Default::default(),
                 limits: Default::default(),
+                nop: crate::limits::Nop::from_config(&TargetConfig::default()),
                 shared: Registry::new_target_shared(1),
             },
         );

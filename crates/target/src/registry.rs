@@ -17,7 +17,7 @@ use rtgt_scsi::{LogicalUnit, LunTable, NexusId};
 
 use crate::accounts::{Accounts, Bindings};
 use crate::acl::AclEntry;
-use crate::limits::Scope;
+use crate::limits::{Nop, Scope};
 use crate::throttle::AuthThrottle;
 
 /// A logical unit with the store behind it, as the data path needs it.
@@ -85,6 +85,8 @@ pub struct TargetEntry {
     pub accounts: Bindings,
     /// Its caps on sessions and connections, and their use.
     pub limits: Arc<Scope>,
+    /// How its sessions are pinged.
+    pub nop: Nop,
     pub shared: Arc<TargetShared>,
 }
 

@@ -1132,6 +1132,25 @@ fn nop_echo_and_idle_ping_timeout() {
 }
 
 #[test]
+fn the_target_sets_its_own_nop_policy() {
+    let cfg = TargetConfig {
+        nop_interval: None,
+        ..Default::default()
+    };
+    let mut h = login_normal(cfg, OP_KEYS);
+    assert_eq!(h.c.poll_timeout(), None, "no pings by default here");
+    h.c.set_nop(Some(Duration::from_secs(2)), 1);
+    let start = h.now;
+    assert_eq!(h.c.poll_timeout(), Some(start + Duration::from_secs(2)));
+    h.c.handle_timeout(start + Duration::from_secs(2)).unwrap();
+    assert_eq!(h.recv()[0].op(), Opcode::NOP_IN);
+    let e =
+        h.c.handle_timeout(start + Duration::from_secs(4))
+            .unwrap_err();
+    assert!(matches!(e, ConnectionError::NopTimeout(1)));
+}
+
+#[test]
 fn login_timeout() {
     let mut h = Harness::new(TargetConfig::default());
     let start = h.now;
