@@ -169,7 +169,9 @@ pub fn parse_number(v: &str) -> Option<u64> {
         return None;
     }
     if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        if h.is_empty() || h.len() > 16 {
+        // §6.1 hex-constant: "0x" then hex digits only (from_str_radix
+        // would also take a sign).
+        if h.is_empty() || h.len() > 16 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         return u64::from_str_radix(h, 16).ok();
@@ -506,6 +508,10 @@ mod tests {
         assert_eq!(respond(&mut n, "MaxRecvDataSegmentLength", "100"), "Reject");
         assert_eq!(parse_number("-1"), None);
         assert_eq!(parse_number("99999999999999999999999"), None);
+        // Found by the text_keys fuzz target: a sign is no hex digit.
+        assert_eq!(parse_number("0x+ff"), None);
+        assert_eq!(parse_number("+5"), None);
+        assert_eq!(parse_number("0xfF"), Some(255));
     }
 
     #[test]
