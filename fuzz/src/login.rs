@@ -51,6 +51,24 @@ fn names(auth: &str) -> Vec<u8> {
     ])
 }
 
+/// The first Login Request's names without authentication: a discovery
+/// session (§13.6) or a normal one to [`TARGET`] (§13.4).
+pub fn plain_names(discovery: bool) -> Vec<u8> {
+    if discovery {
+        keys(&[
+            ("InitiatorName", INITIATOR),
+            ("SessionType", "Discovery"),
+            ("AuthMethod", "None"),
+        ])
+    } else {
+        keys(&[
+            ("InitiatorName", INITIATOR),
+            ("TargetName", TARGET),
+            ("AuthMethod", "None"),
+        ])
+    }
+}
+
 /// The operational keys open-iscsi offers (§13).
 pub fn op_keys(digest: &str) -> Vec<u8> {
     keys(&[

@@ -21,7 +21,7 @@ use rtgt_iscsi::pdu::{
 
 use crate::driver::{Driver, Setup};
 use crate::frame::{self, keys, Dir, MAX_DSL, NEXT};
-use crate::login::{INITIATOR, TARGET};
+use crate::login::plain_names;
 use crate::Seed;
 
 pub fn run(data: &[u8]) {
@@ -46,19 +46,7 @@ pub fn run(data: &[u8]) {
 fn login(d: &mut Driver, a: u8) {
     let digest = |on: bool| if on { "CRC32C,None" } else { "None" };
     let discovery = (a >> 3) & 3 == 3;
-    let names = if discovery {
-        keys(&[
-            ("InitiatorName", INITIATOR),
-            ("SessionType", "Discovery"),
-            ("AuthMethod", "None"),
-        ])
-    } else {
-        keys(&[
-            ("InitiatorName", INITIATOR),
-            ("TargetName", TARGET),
-            ("AuthMethod", "None"),
-        ])
-    };
+    let names = plain_names(discovery);
     d.pdu(&frame::login(0, 1, true, false, 1, 0), &names);
     let op = keys(&[
         ("HeaderDigest", digest(a & 1 != 0)),

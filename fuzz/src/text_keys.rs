@@ -27,7 +27,7 @@ use rtgt_iscsi::{LoginAccept, LoginStatus, SessionType, TargetConfig};
 
 use crate::driver::check_params;
 use crate::frame::{keys, ISID};
-use crate::login::{op_keys, INITIATOR, TARGET};
+use crate::login::{op_keys, plain_names, INITIATOR, TARGET};
 use crate::Seed;
 
 pub fn run(data: &[u8]) {
@@ -227,19 +227,7 @@ fn login(text: &[u8], sel: u8, cfg: &TargetConfig) {
         }
         return;
     }
-    let names = if sel & 4 != 0 {
-        keys(&[
-            ("InitiatorName", INITIATOR),
-            ("SessionType", "Discovery"),
-            ("AuthMethod", "None"),
-        ])
-    } else {
-        keys(&[
-            ("InitiatorName", INITIATOR),
-            ("TargetName", TARGET),
-            ("AuthMethod", "None"),
-        ])
-    };
+    let names = plain_names(sel & 4 != 0);
     match l.handle_request(&request(0, 1, true, false), &names) {
         LoginStep::NeedDecision(_) => {}
         s => panic!("a valid first request: {s:?}"),
