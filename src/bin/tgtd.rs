@@ -11,7 +11,7 @@ use tracing::{error, info};
 
 use rtgt_iscsi::TargetConfig;
 use rtgt_mgmt::{Mode, Op, Request, TgtadmError, NO_LUN};
-use rtgt_target::limits::{Caps, LoginTimeout};
+use rtgt_target::limits::{Caps, LoginTimeout, Nop};
 use rtgt_target::portal::parse_portal;
 use rtgt_target::shutdown::Shutdown;
 use rtgt_target::{Config, Daemon};
@@ -90,20 +90,16 @@ fn iscsi_options(args: &Args, open_files: u64) -> Result<(Vec<SocketAddr>, Targe
                     cfg.nop_interval = (s > 0).then(|| Duration::from_secs(s));
                 }
                 "nop_count" => {
-                    cfg.nop_count = v.parse().context("--iscsi nop_count")?;
-                    if cfg.nop_count == 0 {
-                        bail!("--iscsi nop_count: at least 1");
-                    }
+                    cfg.nop_count = Nop::parse_count(v)
+                        .with_context(|| format!("--iscsi nop_count: {v:?} is not at least 1"))?;
                 }
                 "login_timeout" => {
-                    let s: u64 = v.parse().context("--iscsi login_timeout")?;
-                    if !(1..=LoginTimeout::MAX_SECS).contains(&s) {
-                        bail!(
-                            "--iscsi login_timeout: {s} s is not within 1..={}",
+                    cfg.login_timeout = LoginTimeout::parse_secs(v).with_context(|| {
+                        format!(
+                            "--iscsi login_timeout: {v:?} is not a number of seconds within 1..={}",
                             LoginTimeout::MAX_SECS
-                        );
-                    }
-                    cfg.login_timeout = Duration::from_secs(s);
+                        )
+                    })?;
                 }
                 "max_sessions" => caps.max_sessions = v.parse().context("--iscsi max_sessions")?,
                 "max_connections" => {

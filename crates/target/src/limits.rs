@@ -31,8 +31,9 @@ use rtgt_iscsi::LoginStatus;
 pub struct Scope {
     max_sessions: AtomicU32,
     max_connections: AtomicU32,
-    sessions: AtomicU32,
-    connections: AtomicU32,
+    /// Sessions holding a place here. With MaxConnections=1 each is one
+    /// connection, so this one count is held against both caps.
+    in_use: AtomicU32,
 }
 
 impl Scope {
@@ -60,21 +61,26 @@ impl Scope {
 
     /// Sessions holding a place here (including logins not yet complete).
     pub fn sessions(&self) -> u32 {
-        self.sessions.load(Ordering::Relaxed)
+        self.in_use.load(Ordering::Relaxed)
     }
 
+    /// Connections holding a place here: one per session (MaxConnections=1).
     pub fn connections(&self) -> u32 {
-        self.connections.load(Ordering::Relaxed)
+        self.sessions()
     }
 
     fn full(&self) -> Option<Full> {
-        let (max, used) = (self.max_sessions(), self.sessions());
-        if max > 0 && used >= max {
-            return Some(Full::Sessions { max });
+        let used = self.sessions();
+        let reached = |max: u32| max > 0 && used >= max;
+        if reached(self.max_sessions()) {
+            return Some(Full::Sessions {
+                max: self.max_sessions(),
+            });
         }
-        let (max, used) = (self.max_connections(), self.connections());
-        if max > 0 && used >= max {
-            return Some(Full::Connections { max });
+        if reached(self.max_connections()) {
+            return Some(Full::Connections {
+                max: self.max_connections(),
+            });
         }
         None
     }
@@ -100,7 +106,7 @@ impl Full {
 /// A refused admission, for the log: which scope was full and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refused {
-    pub scope: String,
+    pub scope: &'static str,
     pub full: Full,
 }
 
@@ -127,20 +133,19 @@ impl Admission {
     /// I_T nexus (`replacing`, RFC 7143 §6.3.5) is never refused for room:
     /// the old session ends as it completes, and an initiator coming back
     /// after a network failure must not be locked out by its own ghost.
-    pub fn admit(scopes: &[(&str, &Arc<Scope>)], replacing: bool) -> Result<Admission, Refused> {
+    pub fn admit(
+        scopes: &[(&'static str, &Arc<Scope>)],
+        replacing: bool,
+    ) -> Result<Admission, Refused> {
         if !replacing {
-            for (name, scope) in scopes {
-                if let Some(full) = scope.full() {
-                    return Err(Refused {
-                        scope: name.to_string(),
-                        full,
-                    });
+            for &(scope, s) in scopes {
+                if let Some(full) = s.full() {
+                    return Err(Refused { scope, full });
                 }
             }
         }
         for (_, scope) in scopes {
-            scope.sessions.fetch_add(1, Ordering::Relaxed);
-            scope.connections.fetch_add(1, Ordering::Relaxed);
+            scope.in_use.fetch_add(1, Ordering::Relaxed);
         }
         Ok(Admission {
             scopes: scopes.iter().map(|(_, s)| Arc::clone(s)).collect(),
@@ -151,8 +156,7 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         for scope in &self.scopes {
-            scope.sessions.fetch_sub(1, Ordering::Relaxed);
-            scope.connections.fetch_sub(1, Ordering::Relaxed);
+            scope.in_use.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -178,6 +182,15 @@ impl LoginTimeout {
 
     pub fn new(t: Duration) -> Self {
         LoginTimeout(AtomicU64::new(t.as_millis() as u64))
+    }
+
+    /// A timeout as tgtadm and `--iscsi` give it: whole seconds, 1 to
+    /// [`Self::MAX_SECS`].
+    pub fn parse_secs(v: &str) -> Option<Duration> {
+        v.parse::<u64>()
+            .ok()
+            .filter(|s| (1..=Self::MAX_SECS).contains(s))
+            .map(Duration::from_secs)
     }
 
     pub fn get(&self) -> Duration {

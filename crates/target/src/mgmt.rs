@@ -207,48 +207,71 @@ fn cap_value(v: &str) -> Result<u32, TgtadmError> {
     v.trim().parse().map_err(|_| TgtadmError::InvalidRequest)
 }
 
-/// Set a cap of `scope` if `name` is one; false if it is not.
-fn update_cap(scope: &Scope, name: &str, value: &str) -> Result<bool, TgtadmError> {
-    match name {
-        "max_sessions" => scope.set_max_sessions(cap_value(value)?),
-        "max_connections" => scope.set_max_connections(cap_value(value)?),
-        _ => return Ok(false),
+/// What `--op update` may change, parsed from one of tgtadm's name=value
+/// pairs.
+enum Setting {
+    /// Accepted with nothing to change: tgt's `debug` (rtgt's log level is
+    /// tgtd's -d, or RUST_LOG, at start) and a target's `state`.
+    Noop,
+    LoginTimeout(Duration),
+    MaxSessions(u32),
+    MaxConnections(u32),
+    NopInterval(Option<Duration>),
+    NopCount(u32),
+}
+
+impl Setting {
+    /// `Ok(None)`: `name` is no setting of `mode` (system or target).
+    fn parse(mode: Mode, name: &str, v: &str) -> Result<Option<Setting>, TgtadmError> {
+        let bad = TgtadmError::InvalidRequest;
+        let setting = match (mode, name) {
+            (Mode::System, "debug") if v == "on" || v == "off" => Setting::Noop,
+            (Mode::System, "debug") => return Err(bad),
+            (Mode::System, "login_timeout") => {
+                Setting::LoginTimeout(LoginTimeout::parse_secs(v).ok_or(bad)?)
+            }
+            (Mode::Target, "state" | "State") => Setting::Noop,
+            (Mode::Target, "nop_interval") => {
+                Setting::NopInterval(Nop::parse_interval(v).ok_or(bad)?)
+            }
+            (Mode::Target, "nop_count") => Setting::NopCount(Nop::parse_count(v).ok_or(bad)?),
+            (_, "max_sessions") => Setting::MaxSessions(cap_value(v)?),
+            (_, "max_connections") => Setting::MaxConnections(cap_value(v)?),
+            _ => return Ok(None),
+        };
+        Ok(Some(setting))
     }
-    Ok(true)
+}
+
+/// Every pair of an update request, parsed before any is applied; a name
+/// the mode does not know is `unknown`.
+fn settings(
+    req: &Request,
+    unknown: TgtadmError,
+) -> Result<Vec<(String, String, Setting)>, TgtadmError> {
+    req.params()
+        .into_iter()
+        .map(|(k, v)| match Setting::parse(req.mode, &k, &v)? {
+            Some(s) => Ok((k, v, s)),
+            None => Err(unknown),
+        })
+        .collect()
 }
 
 /// `--op update --mode sys --name N --value V`: tgt's `debug`, and rtgt's
-/// daemon-wide limits. Every pair is checked before any is applied.
+/// daemon-wide limits.
 fn system_update(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
-    let params = req.params();
-    if params.is_empty() {
+    let settings = settings(req, TgtadmError::InvalidRequest)?;
+    if settings.is_empty() {
         return Err(TgtadmError::InvalidRequest);
     }
-    for (k, v) in &params {
-        let valid = match k.as_str() {
-            "debug" => v == "on" || v == "off",
-            "login_timeout" => v
-                .parse::<u64>()
-                .is_ok_and(|s| (1..=LoginTimeout::MAX_SECS).contains(&s)),
-            "max_sessions" | "max_connections" => cap_value(v).is_ok(),
-            _ => false,
-        };
-        if !valid {
-            return Err(TgtadmError::InvalidRequest);
-        }
-    }
     let reg = ctx.registry().lock();
-    for (k, v) in &params {
-        match k.as_str() {
-            "login_timeout" => {
-                let secs = v.parse().map_err(|_| TgtadmError::InvalidRequest)?;
-                ctx.shared.login_timeout.set(Duration::from_secs(secs));
-            }
-            // rtgt's log level is tgtd's -d (or RUST_LOG) at start.
-            "debug" => {}
-            _ => {
-                update_cap(&reg.limits, k, v)?;
-            }
+    for (k, v, setting) in settings {
+        match setting {
+            Setting::LoginTimeout(t) => ctx.shared.login_timeout.set(t),
+            Setting::MaxSessions(n) => reg.limits.set_max_sessions(n),
+            Setting::MaxConnections(n) => reg.limits.set_max_connections(n),
+            Setting::Noop | Setting::NopInterval(_) | Setting::NopCount(_) => {}
         }
         info!("system: {k} set to {v}");
     }
@@ -361,30 +384,14 @@ fn target_update(ctx: &MgmtCtx, req: &Request) -> MgmtResult {
     let target = reg.targets.get_mut(&req.tid).ok_or(TgtadmError::NoTarget)?;
     // tgt's target parameters (state, iSCSI keys) arrive as name=value; the
     // values rtgt negotiates are daemon-wide for now, so accept known names:
-    // the state, the target's caps and its pings. Every pair is checked
-    // before any is applied.
-    let params = req.params();
-    for (k, v) in &params {
-        let valid = match k.as_str() {
-            "state" | "State" => true,
-            "max_sessions" | "max_connections" => cap_value(v).is_ok(),
-            "nop_interval" => Nop::parse_interval(v).is_some(),
-            "nop_count" => Nop::parse_count(v).is_some(),
-            _ => return Err(TgtadmError::UnknownParam),
-        };
-        if !valid {
-            return Err(TgtadmError::InvalidRequest);
-        }
-    }
-    for (k, v) in &params {
-        match k.as_str() {
-            "nop_interval" => target.nop.interval = Nop::parse_interval(v).flatten(),
-            "nop_count" => target.nop.count = Nop::parse_count(v).unwrap_or(target.nop.count),
-            _ => {
-                if !update_cap(&target.limits, k, v)? {
-                    continue;
-                }
-            }
+    // the state, the target's caps and its pings.
+    for (k, v, setting) in settings(req, TgtadmError::UnknownParam)? {
+        match setting {
+            Setting::MaxSessions(n) => target.limits.set_max_sessions(n),
+            Setting::MaxConnections(n) => target.limits.set_max_connections(n),
+            Setting::NopInterval(i) => target.nop.interval = i,
+            Setting::NopCount(n) => target.nop.count = n,
+            Setting::Noop | Setting::LoginTimeout(_) => continue,
         }
         info!("target {}: {k} set to {v}", req.tid);
     }

@@ -149,6 +149,8 @@ impl Acceptor {
         // connections already queued would wait for the next one to arrive.
         // Retry on a timer instead, until accept works again.
         let mut starved = false;
+        // Listeners with connections to accept, this turn.
+        let mut ready: Vec<usize> = Vec::new();
         loop {
             let timeout = starved.then_some(ACCEPT_RETRY);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -157,7 +159,7 @@ impl Acceptor {
                 }
                 continue;
             }
-            let mut ready: Vec<usize> = Vec::new();
+            ready.clear();
             for ev in events.iter() {
                 if ev.token() == WAKER {
                     while let Ok(msg) = self.rx.try_recv() {
@@ -182,10 +184,11 @@ impl Acceptor {
                 }
             }
             if starved {
-                ready = self.listeners.iter().map(|(k, _)| k).collect();
+                ready.clear();
+                ready.extend(self.listeners.iter().map(|(k, _)| k));
             }
             let was_starved = std::mem::take(&mut starved);
-            for key in ready {
+            for &key in &ready {
                 let Some(l) = self.listeners.get(key) else {
                     continue;
                 };

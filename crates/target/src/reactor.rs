@@ -1550,19 +1550,23 @@ fn admit(
     info: &LoginInfo,
     tid: Option<i32>,
 ) -> Result<Admission, LoginStatus> {
-    let daemon = ("the daemon".to_string(), &reg.limits);
-    let (scopes, replacing) = match tid.and_then(|tid| reg.targets.get(&tid)) {
-        Some(t) => (
-            vec![daemon, (format!("target {}", t.tid), &t.limits)],
+    let daemon = ("the daemon", &reg.limits);
+    let admitted = match tid.and_then(|tid| reg.targets.get(&tid)) {
+        Some(t) => {
             // RFC 7143 §6.3.5: same initiator port (name and ISID), TSIH 0.
-            reg.sessions_of(t.tid)
-                .any(|s| s.initiator == info.initiator_name && s.isid == info.isid),
-        ),
-        None => (vec![daemon], false),
+            let replacing = reg
+                .sessions_of(t.tid)
+                .any(|s| s.initiator == info.initiator_name && s.isid == info.isid);
+            Admission::admit(&[daemon, ("the target", &t.limits)], replacing)
+        }
+        None => Admission::admit(&[daemon], false),
     };
-    let named: Vec<(&str, _)> = scopes.iter().map(|(n, s)| (n.as_str(), *s)).collect();
-    Admission::admit(&named, replacing).map_err(|refused| {
-        info!("no room for {}: {refused}", info.initiator_name);
+    admitted.map_err(|refused| {
+        info!(
+            "no room for {} at {}: {refused}",
+            info.initiator_name,
+            info.target_name.as_deref().unwrap_or("discovery")
+        );
         refused.full.status()
     })
 }

@@ -2657,6 +2657,15 @@ fn chap_reflected_challenge() {
     assert_eq!(refused(&mut h, true, &keys).1, "reflected challenge");
 }
 
+/// alice's right answer to `c`, with a challenge of her own (mutual CHAP).
+fn alice_asking_back(c: &TargetChallenge) -> String {
+    format!(
+        "CHAP_N=alice\0CHAP_R={}\0CHAP_I=1\0CHAP_C={}\0",
+        c.response(ALICE_SECRET),
+        hex(&[3; 16])
+    )
+}
+
 #[test]
 fn chap_same_secret_both_ways_is_refused() {
     let policy = ChapPolicy {
@@ -2664,11 +2673,7 @@ fn chap_same_secret_both_ways_is_refused() {
         ..chap_policy()
     };
     let (mut h, c) = chap_challenged(policy, "5");
-    let keys = format!(
-        "CHAP_N=alice\0CHAP_R={}\0CHAP_I=1\0CHAP_C={}\0",
-        c.response(ALICE_SECRET),
-        hex(&[3; 16])
-    );
+    let keys = alice_asking_back(&c);
     assert_eq!(refused(&mut h, true, &keys).1, "same secret both ways");
 }
 
@@ -2679,11 +2684,7 @@ fn chap_mutual_without_outgoing_account() {
         ..chap_policy()
     };
     let (mut h, c) = chap_challenged(policy, "5");
-    let keys = format!(
-        "CHAP_N=alice\0CHAP_R={}\0CHAP_I=1\0CHAP_C={}\0",
-        c.response(ALICE_SECRET),
-        hex(&[3; 16])
-    );
+    let keys = alice_asking_back(&c);
     assert_eq!(refused(&mut h, true, &keys).1, "mutual CHAP not configured");
 }
 
